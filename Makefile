@@ -1,0 +1,85 @@
+# efficientps_ros: set-up, tests and demo in a plain virtual environment.
+#
+#   make demo   set up, then run the node on a synthetic camera stream
+#   make test   set up, then run the whole test suite
+#
+# Set-up is idempotent: each step leaves a stamp in the venv and runs again
+# only when its inputs change.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+# Drops pip's noise about unreachable extra indexes; keeps pip's exit status.
+QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+
+ROS_PACKAGES := "ros-kilted-rclpy[fastrtps]" ros-kilted-sensor-msgs ros-kilted-std-msgs \
+	ros-kilted-geometry-msgs ros-kilted-visualization-msgs ros-kilted-diagnostic-msgs \
+	ros-kilted-lifecycle-msgs
+# Only needed to build the vision_msgs interfaces where they are missing.
+ROSIDL_PACKAGES := ros-kilted-ament-cmake ros-kilted-ament-cmake-include-directories \
+	ros-kilted-ament-cmake-ros-core ros-kilted-rosidl-default-generators \
+	ros-kilted-rosidl-core-generators ros-kilted-ament-package catkin-pkg
+# Default PyPI builds: a CPU-only torch breaks torchvision's compiled ops.
+ML_PACKAGES := "torch>=2.4" "torchvision>=0.19" "timm>=1.0" "safetensors>=0.4" \
+	"numpy>=1.24" pyyaml pillow "rosbags>=0.11,<0.12"
+TEST_PACKAGES := "pytest>=7"
+
+# Every ROS process of the tests and the demo uses this transport: 6 MB images
+# need it, and processes with and without it do not talk to each other.
+export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA
+# The pip wheels do not set it, and ament_index lookups need it.
+export AMENT_PREFIX_PATH := $(abspath $(VENV))
+
+# Run a command in a private network namespace with only loopback, so that DDS
+# discovery and data never leave this machine. Where user namespaces are not
+# available, ROS discovery is limited to localhost instead.
+ifeq ($(shell unshare -rn true 2>/dev/null && echo yes),yes)
+SANDBOX := unshare -rn sh -c 'ip link set lo up && ip link set lo multicast on && exec "$$@"' sandbox
+else
+SANDBOX := env ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+$(warning no user namespaces here: ROS traffic is limited to localhost discovery instead of a private namespace)
+endif
+
+STAMP_DEPS    := $(VENV)/.stamp-deps
+STAMP_VISION  := $(VENV)/.stamp-vision-msgs
+STAMP_PACKAGE := $(VENV)/.stamp-package
+
+.PHONY: setup test demo bench clean
+.DEFAULT_GOAL := test
+
+setup: $(STAMP_PACKAGE)
+
+$(VENV)/bin/python:
+	$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else "Python 3.10 to 3.12 is needed, found %d.%d" % v)'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP_DEPS): Makefile | $(VENV)/bin/python
+	$(PIP) install -q $(ROS_PACKAGES) $(ROSIDL_PACKAGES) $(ML_PACKAGES) $(TEST_PACKAGES) 2>&1 | $(QUIET_PIP)
+	$(PY) -c 'import rclpy, torch, torchvision.ops, timm, safetensors, rosbags'
+	touch $@
+
+$(STAMP_VISION): $(STAMP_DEPS) $(wildcard interfaces/vision_msgs/* interfaces/vision_msgs/msg/*)
+	$(PY) -c 'import vision_msgs.msg' 2>/dev/null || interfaces/build_vision_msgs.sh $(abspath $(VENV))
+	$(PY) -c 'import vision_msgs.msg'
+	touch $@
+
+$(STAMP_PACKAGE): $(STAMP_VISION) setup.py
+	$(PIP) install -q --no-deps --no-build-isolation -e . 2>&1 | $(QUIET_PIP)
+	$(PY) -c 'import efficientps_ros'
+	touch $@
+
+test: setup
+	$(SANDBOX) $(PY) -m pytest -q test
+
+demo: setup
+	$(SANDBOX) $(PY) -m efficientps_ros.cli demo
+
+bench: setup
+	$(PY) -m efficientps_ros.cli bench
+
+clean:
+	rm -rf $(VENV) build .pytest_cache
