@@ -22,7 +22,8 @@ ROS_PACKAGES := "ros-kilted-rclpy[fastrtps]" ros-kilted-sensor-msgs ros-kilted-s
 # Only needed to build the vision_msgs interfaces where they are missing.
 ROSIDL_PACKAGES := ros-kilted-ament-cmake ros-kilted-ament-cmake-include-directories \
 	ros-kilted-ament-cmake-ros-core ros-kilted-rosidl-default-generators \
-	ros-kilted-rosidl-core-generators ros-kilted-ament-package catkin-pkg
+	ros-kilted-rosidl-core-generators ros-kilted-ament-package catkin-pkg \
+	"cmake>=3.21" ninja
 # Default PyPI builds: a CPU-only torch breaks torchvision's compiled ops.
 ML_PACKAGES := "torch>=2.4" "torchvision>=0.19" "timm>=1.0" "safetensors>=0.4" \
 	"numpy>=1.24" pyyaml pillow "rosbags>=0.11,<0.12"

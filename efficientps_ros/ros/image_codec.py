@@ -1,0 +1,291 @@
+"""sensor_msgs/Image and CompressedImage <-> numpy, without cv_bridge or OpenCV.
+
+Incoming images become views of the message's own buffer (no copy), honouring
+row padding (`step`) and byte order (`is_bigendian`). Outgoing images are filled
+with `ndarray.tobytes()`, the one fast way to set `msg.data` from rclpy: handing
+it an ndarray or a memoryview costs hundreds of milliseconds for a 6 MB frame.
+
+`to_rgb8` turns any colour, mono, Bayer or YUV 4:2:2 encoding into the HxWx3
+uint8 RGB array the model eats. Compressed images (jpeg, png) go through Pillow.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image as PILImage
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+# encoding -> (numpy dtype without byte order, channels per pixel). YUV 4:2:2
+# holds two bytes per pixel: `yuv422`/`uyvy` orders them U Y V Y over a pixel
+# pair, `yuv422_yuy2`/`yuyv` orders them Y U Y V.
+_LAYOUTS: dict[str, tuple[str, int]] = {
+    "rgb8": ("u1", 3), "bgr8": ("u1", 3), "rgba8": ("u1", 4), "bgra8": ("u1", 4),
+    "mono8": ("u1", 1), "mono16": ("u2", 1),
+    "rgb16": ("u2", 3), "bgr16": ("u2", 3), "rgba16": ("u2", 4), "bgra16": ("u2", 4),
+    **{f"bayer_{p}8": ("u1", 1) for p in ("rggb", "bggr", "gbrg", "grbg")},
+    **{f"bayer_{p}16": ("u2", 1) for p in ("rggb", "bggr", "gbrg", "grbg")},
+    "yuv422": ("u1", 2), "uyvy": ("u1", 2), "yuv422_yuy2": ("u1", 2), "yuyv": ("u1", 2),
+    **{
+        f"{depth}C{k}": (dtype, k)
+        for depth, dtype in (("8U", "u1"), ("8S", "i1"), ("16U", "u2"), ("16S", "i2"),
+                             ("32S", "i4"), ("32F", "f4"), ("64F", "f8"))
+        for k in (1, 2, 3, 4)
+    },
+}
+
+# Colour encodings: which source channel feeds R, G and B, and the right shift
+# that brings the samples to 8 bits.
+_RGB_SOURCES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "rgb8": ((0, 1, 2), 0), "bgr8": ((2, 1, 0), 0),
+    "rgba8": ((0, 1, 2), 0), "bgra8": ((2, 1, 0), 0),
+    "rgb16": ((0, 1, 2), 8), "bgr16": ((2, 1, 0), 8),
+    "rgba16": ((0, 1, 2), 8), "bgra16": ((2, 1, 0), 8),
+    "mono8": ((0, 0, 0), 0), "mono16": ((0, 0, 0), 8),
+}
+
+# Index of the luma byte within each two-byte YUV 4:2:2 pixel.
+_YUV_LUMA_INDEX = {"yuv422": 1, "uyvy": 1, "yuv422_yuy2": 0, "yuyv": 0}
+
+_COMPRESSED_FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG"}
+# What Pillow raises for a payload it cannot decode, including absurd sizes.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PILImage.DecompressionBombError)
+
+ImageOrArray = Union[Image, np.ndarray]
+
+
+def supported_encodings() -> list[str]:
+    """Every encoding `image_to_array` and `array_to_image` accept."""
+    return list(_LAYOUTS)
+
+
+def _layout(encoding: str) -> tuple[str, int]:
+    try:
+        return _LAYOUTS[encoding]
+    except KeyError:
+        named = ", ".join(e for e in _LAYOUTS if not e[0].isdigit())
+        raise ValueError(
+            f"unsupported image encoding {encoding!r}; supported: {named}, and the generic "
+            "types {8U,8S,16U,16S,32S,32F,64F}C{1,2,3,4} (e.g. 8UC3, 16UC1, 32FC1)"
+        ) from None
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """A view of `msg.data` as HxW (one channel) or HxWxC, without copying.
+
+    Padded rows (`step` larger than a row) give a strided view. Multi-byte
+    samples keep the message's byte order: a big-endian image comes back with a
+    big-endian dtype (e.g. `>u2`), whose values read correctly on any machine.
+    The view shares memory with the message, so writing to it changes `msg.data`.
+    """
+    dtype_code, channels = _layout(msg.encoding)
+    height, width, step = msg.height, msg.width, msg.step
+    if height == 0 or width == 0:
+        raise ValueError(f"empty {msg.encoding} image: {width}x{height} pixels")
+    dtype = np.dtype(dtype_code).newbyteorder(">" if msg.is_bigendian else "<")
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        raise ValueError(
+            f"{msg.encoding} image {width}x{height}: step {step} is smaller than one row "
+            f"of {row_bytes} bytes (width {width} x {channels * dtype.itemsize} bytes per pixel)"
+        )
+    expected = step * height
+    if len(msg.data) != expected:
+        problem = "truncated" if len(msg.data) < expected else "size mismatch"
+        raise ValueError(
+            f"{msg.encoding} image {width}x{height} {problem}: expected {expected} bytes "
+            f"(step {step} x height {height}), got {len(msg.data)}"
+        )
+    shape = (height, width, channels)
+    strides = (step, channels * dtype.itemsize, dtype.itemsize)
+    dims = 2 if channels == 1 else 3
+    return np.ndarray(shape[:dims], dtype=dtype, buffer=msg.data, strides=strides[:dims])
+
+
+def _check_array(array: np.ndarray, encoding: str) -> None:
+    dtype_code, channels = _layout(encoding)
+    shape_ok = (array.ndim == 2 and channels == 1) or (array.ndim == 3 and array.shape[2] == channels)
+    if not shape_ok:
+        expected = "HxW or HxWx1" if channels == 1 else f"HxWx{channels}"
+        raise ValueError(f"{encoding} needs an {expected} array, got shape {array.shape}")
+    if array.dtype.newbyteorder("=") != np.dtype(dtype_code):
+        raise ValueError(f"{encoding} needs dtype {np.dtype(dtype_code)}, got {array.dtype}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"empty {encoding} array: shape {array.shape}")
+
+
+def _is_big_endian(dtype: np.dtype) -> bool:
+    return dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
+
+
+def array_to_image(array: np.ndarray, encoding: str, header: Optional[Header] = None) -> Image:
+    """An Image holding a copy of `array`, rows packed (`step` = width x pixel size).
+
+    The byte order of the array's dtype sets `is_bigendian`; `header` is used as given.
+    """
+    _check_array(array, encoding)
+    _, channels = _layout(encoding)
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = int(_is_big_endian(array.dtype))
+    msg.step = msg.width * channels * array.dtype.itemsize
+    msg.data = array.tobytes()
+    return msg
+
+
+def _reorder_channels(array: np.ndarray, sources: tuple[int, int, int], shift: int) -> np.ndarray:
+    # One strided copy per output channel is several times faster than fancy
+    # indexing or a reversed-stride copy.
+    rgb = np.empty(array.shape[:2] + (3,), np.uint8)
+    for out_channel, source in enumerate(sources):
+        plane = array if array.ndim == 2 else array[..., source]
+        rgb[..., out_channel] = plane >> shift if shift else plane
+    return rgb
+
+
+def _box3_sum(plane: np.ndarray) -> np.ndarray:
+    """Sum over each pixel's 3x3 neighbourhood weighted [1 2 1] x [1 2 1], zero outside."""
+    padded = np.pad(plane, 1)
+    rows = padded[:-2] + 2 * padded[1:-1] + padded[2:]
+    return rows[:, :-2] + 2 * rows[:, 1:-1] + rows[:, 2:]
+
+
+def _demosaic(mosaic: np.ndarray, pattern: str) -> np.ndarray:
+    """Bilinear demosaic of an 8-bit Bayer mosaic; `pattern` names the top-left 2x2 block."""
+    height, width = mosaic.shape
+    if height < 2 or width < 2:
+        raise ValueError(f"a Bayer image needs at least 2x2 pixels, got {width}x{height}")
+    rows = np.arange(height)[:, None] % 2
+    cols = np.arange(width)[None, :] % 2
+    cell = rows * 2 + cols
+    samples = mosaic.astype(np.float32)
+    rgb = np.empty((height, width, 3), np.uint8)
+    for channel, colour in enumerate("rgb"):
+        mask = np.isin(cell, [i for i, c in enumerate(pattern) if c == colour])
+        # Normalised convolution: the weighted mean of the neighbours that hold
+        # this colour, which is bilinear interpolation on a Bayer grid.
+        estimate = _box3_sum(samples * mask) / _box3_sum(mask.astype(np.float32))
+        rgb[..., channel] = np.where(mask, mosaic, np.rint(estimate))
+    return rgb
+
+
+def _yuv422_to_rgb(pixels: np.ndarray, luma_index: int) -> np.ndarray:
+    """HxWx2 YUV 4:2:2 bytes to RGB with BT.601 studio-swing integer math."""
+    width = pixels.shape[1]
+    if width % 2:
+        raise ValueError(f"YUV 4:2:2 needs an even width, got {width}")
+    y = pixels[..., luma_index].astype(np.int32) - 16
+    chroma = pixels[..., 1 - luma_index].astype(np.int32) - 128
+    u = np.repeat(chroma[:, 0::2], 2, axis=1)
+    v = np.repeat(chroma[:, 1::2], 2, axis=1)
+    luma = 298 * y + 128
+    rgb = np.empty(pixels.shape[:2] + (3,), np.uint8)
+    rgb[..., 0] = np.clip((luma + 409 * v) >> 8, 0, 255)
+    rgb[..., 1] = np.clip((luma - 100 * u - 208 * v) >> 8, 0, 255)
+    rgb[..., 2] = np.clip((luma + 516 * u) >> 8, 0, 255)
+    return rgb
+
+
+def _as_array(msg_or_array: ImageOrArray, encoding: Optional[str]) -> tuple[np.ndarray, str]:
+    if isinstance(msg_or_array, np.ndarray):
+        if encoding is None:
+            raise ValueError("to_rgb8 of an ndarray needs its encoding")
+        _check_array(msg_or_array, encoding)
+        return msg_or_array, encoding
+    if encoding is not None and encoding != msg_or_array.encoding:
+        raise ValueError(
+            f"encoding {encoding!r} given for an Image whose encoding is {msg_or_array.encoding!r}"
+        )
+    return image_to_array(msg_or_array), msg_or_array.encoding
+
+
+def to_rgb8(msg_or_array: ImageOrArray, encoding: Optional[str] = None) -> np.ndarray:
+    """An HxWx3 uint8 RGB array from an Image, or from an array in `encoding`.
+
+    rgb8 input comes back as the zero-copy view itself (possibly strided); every
+    other encoding is converted into a new contiguous array: channels reordered,
+    alpha dropped, mono replicated, 16-bit samples shifted right by 8, Bayer
+    mosaics demosaiced bilinearly, YUV 4:2:2 converted with BT.601.
+    """
+    array, encoding = _as_array(msg_or_array, encoding)
+    if encoding == "rgb8":
+        return array
+    if encoding in _RGB_SOURCES:
+        sources, shift = _RGB_SOURCES[encoding]
+        return _reorder_channels(array, sources, shift)
+    if encoding.startswith("bayer_"):
+        pattern = encoding[len("bayer_"):len("bayer_") + 4]
+        mosaic = array.reshape(array.shape[:2])
+        if mosaic.dtype.itemsize == 2:
+            mosaic = (mosaic >> 8).astype(np.uint8)
+        return _demosaic(mosaic, pattern)
+    if encoding in _YUV_LUMA_INDEX:
+        return _yuv422_to_rgb(array, _YUV_LUMA_INDEX[encoding])
+    raise ValueError(
+        f"encoding {encoding!r} is a generic or depth-like type with no colour meaning; "
+        f"a colour model needs one of: {', '.join(_colour_encodings())}"
+    )
+
+
+def _colour_encodings() -> list[str]:
+    return [e for e in _LAYOUTS if e in _RGB_SOURCES or e.startswith("bayer_") or e in _YUV_LUMA_INDEX]
+
+
+def _compressed_codec(fmt: str) -> str:
+    """Pillow's codec name for a CompressedImage format such as 'rgb8; jpeg compressed bgr8'."""
+    words = fmt.lower().replace(";", " ").split()
+    if "compresseddepth" in words:
+        raise ValueError(f"compressed format {fmt!r} is a depth image; a colour model cannot use it")
+    codecs = {_COMPRESSED_FORMATS[w] for w in words if w in _COMPRESSED_FORMATS}
+    if len(codecs) != 1:
+        raise ValueError(f"unsupported compressed format {fmt!r}; expected jpeg or png")
+    return codecs.pop()
+
+
+def _pil_to_rgb8(image: PILImage.Image) -> np.ndarray:
+    if image.mode.startswith("I"):
+        # 16-bit (or 32-bit integer) greyscale: keep the top 8 of 16 bits.
+        grey = np.clip(np.asarray(image, dtype=np.int64) >> 8, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.array(image.convert("RGB"))
+
+
+def compressed_to_rgb8(msg: CompressedImage) -> np.ndarray:
+    """Decode a jpeg or png CompressedImage to an HxWx3 uint8 RGB array."""
+    codec = _compressed_codec(msg.format)
+    try:
+        with PILImage.open(io.BytesIO(msg.data), formats=[codec]) as image:
+            image.load()
+            return _pil_to_rgb8(image)
+    except _DECODE_ERRORS as error:
+        raise ValueError(f"corrupt {codec.lower()} image (format {msg.format!r}): {error}") from None
+
+
+def rgb8_to_compressed(
+    array: np.ndarray, format: str = "jpeg", header: Optional[Header] = None, quality: int = 90
+) -> CompressedImage:
+    """Encode an HxWx3 uint8 RGB array as jpeg or png (`quality` applies to jpeg).
+
+    The message's format reads e.g. 'rgb8; jpeg compressed bgr8', as
+    image_transport writes it for an rgb8 source, so that its compressed
+    subscriber decodes it back to rgb8.
+    """
+    _check_array(array, "rgb8")
+    codec = _COMPRESSED_FORMATS.get(format.lower())
+    if codec is None:
+        raise ValueError(f"unsupported compressed format {format!r}; expected 'jpeg' or 'png'")
+    buffer = io.BytesIO()
+    options = {"quality": quality} if codec == "JPEG" else {}
+    PILImage.fromarray(np.ascontiguousarray(array)).save(buffer, codec, **options)
+    msg = CompressedImage()
+    if header is not None:
+        msg.header = header
+    msg.format = f"rgb8; {codec.lower()} compressed bgr8"
+    msg.data = buffer.getvalue()
+    return msg

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build the project's vision_msgs interfaces and install them into a Python
+# virtual environment that holds the ROS 2 pip wheels and their rosidl toolchain.
+#
+#   interfaces/build_vision_msgs.sh VENV_DIR
+#
+# The venv is both the CMake prefix path and the install prefix, so the generated
+# Python package lands in its site-packages and the C libraries in VENV/lib,
+# which the wheels' start-up hook puts on the library path. Nothing needs
+# sourcing afterwards.
+set -euo pipefail
+
+if [[ $# -ne 1 || ! -x "$1/bin/python" ]]; then
+  echo "usage: $0 VENV_DIR   (a virtual environment with the ROS 2 wheels; got '${1:-}')" >&2
+  exit 2
+fi
+
+venv="$(cd "$1" && pwd)"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+build="$root/build/vision_msgs"
+
+# A cmake or ninja that pip installed into the venv wins over the system's.
+export PATH="$venv/bin:$PATH"
+
+generator=()
+if command -v ninja >/dev/null; then
+  generator=(-G Ninja)
+fi
+
+# A cache from another venv would point at the wrong prefix and interpreter.
+rm -rf "$build"
+cmake -S "$here/vision_msgs" -B "$build" "${generator[@]}" \
+  -DCMAKE_BUILD_TYPE=Release \
+  -DBUILD_TESTING=OFF \
+  -DCMAKE_PREFIX_PATH="$venv" \
+  -DCMAKE_INSTALL_PREFIX="$venv" \
+  -DPython3_EXECUTABLE="$venv/bin/python" \
+  -DCMAKE_PROJECT_INCLUDE="$here/fix_rosidl_exports.cmake"
+cmake --build "$build" --parallel "$(nproc 2>/dev/null || echo 2)"
+cmake --install "$build"
+
+"$venv/bin/python" -c 'import vision_msgs.msg'
+echo "vision_msgs installed into $venv"

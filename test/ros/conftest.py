@@ -1,0 +1,175 @@
+"""Fixtures for tests that start real ROS 2 processes.
+
+Every ROS process of a test runs as a child process of pytest, as users run
+nodes. `make test` runs pytest inside a private network namespace with only
+loopback, so DDS traffic between the children never leaves the machine.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _only_loopback() -> bool:
+    return {name for _, name in socket.if_nameindex()} <= {"lo"}
+
+
+def _prepend_path(path: str, existing: Optional[str]) -> str:
+    parts = [p for p in (existing or "").split(os.pathsep) if p and p != path]
+    return os.pathsep.join([path, *parts])
+
+
+@pytest.fixture(scope="session")
+def ros_env() -> dict[str, str]:
+    """Environment for child ROS processes: a fresh dict, safe to extend per test.
+
+    - FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA: megabyte images need it, and a
+      process with it does not talk to one without it.
+    - PYTHONPATH starts with the repository root, so children import this
+      checkout of `efficientps_ros`.
+    - AMENT_PREFIX_PATH starts with this interpreter's prefix (the venv), which
+      the pip wheels do not set and ament_index lookups need.
+    - PYTHONUNBUFFERED=1, so a child's output is complete even when it is killed.
+    - Outside a network namespace that has only loopback, DDS discovery is
+      limited to localhost (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST).
+    """
+    env = dict(os.environ)
+    env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    env["PYTHONPATH"] = _prepend_path(str(REPO_ROOT), env.get("PYTHONPATH"))
+    env["AMENT_PREFIX_PATH"] = _prepend_path(sys.prefix, env.get("AMENT_PREFIX_PATH"))
+    env["PYTHONUNBUFFERED"] = "1"
+    if not _only_loopback():
+        env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    return env
+
+
+class ChildProcess:
+    """A Python child process whose stdout and stderr go to files.
+
+    Files rather than pipes, so a chatty child never blocks on a full pipe
+    while the test is busy elsewhere.
+    """
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str], log_dir: Path, name: str):
+        self.name = name
+        self._stdout_path = log_dir / f"{name}.stdout"
+        self._stderr_path = log_dir / f"{name}.stderr"
+        with open(self._stdout_path, "wb") as out, open(self._stderr_path, "wb") as err:
+            # A session of its own, so the whole group can be stopped at once.
+            self.popen = subprocess.Popen(
+                list(argv), env=env, cwd=REPO_ROOT, stdout=out, stderr=err,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+
+    @property
+    def stdout(self) -> str:
+        return self._stdout_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self._stderr_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess:
+        """Wait for the child to exit; on timeout kill it and fail the test with its output."""
+        try:
+            returncode = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self.name} did not finish within {timeout} s\n{self.describe()}")
+        return subprocess.CompletedProcess(self.popen.args, returncode, self.stdout, self.stderr)
+
+    def stop(self, timeout: float = 10.0) -> subprocess.CompletedProcess:
+        """Ask the child to stop with SIGINT (as Ctrl-C would), kill it if it lingers."""
+        if self.popen.poll() is None:
+            self._signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return subprocess.CompletedProcess(self.popen.args, self.popen.returncode, self.stdout, self.stderr)
+
+    def kill(self) -> None:
+        """Kill the child's process group now; harmless if it already exited."""
+        self._signal(signal.SIGKILL)
+        self.popen.wait()
+
+    def describe(self) -> str:
+        """The child's exit status and output, for failure messages."""
+        return (f"--- {self.name}: exit status {self.popen.poll()}\n"
+                f"--- stdout:\n{self.stdout}\n--- stderr:\n{self.stderr}")
+
+    def _signal(self, signum: int) -> None:
+        try:
+            os.killpg(self.popen.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+class RosProcesses:
+    """Starts Python children with the ROS environment; all are killed at teardown."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path):
+        self._env = env
+        self._log_dir = log_dir
+        self._children: list[ChildProcess] = []
+
+    def start(
+        self,
+        code: Optional[str] = None,
+        *,
+        module: Optional[str] = None,
+        args: Sequence[str] = (),
+        env: Optional[dict[str, str]] = None,
+        name: Optional[str] = None,
+    ) -> ChildProcess:
+        """Start `python -c code` or `python -m module` with `args`, in the background.
+
+        `env` entries are added to the ROS environment. `name` labels the output
+        files and failure messages.
+        """
+        if (code is None) == (module is None):
+            raise ValueError("give exactly one of code or module")
+        argv = [sys.executable, *(("-c", code) if code is not None else ("-m", module)), *args]
+        name = name or (module or "snippet") + f"-{len(self._children)}"
+        child = ChildProcess(argv, {**self._env, **(env or {})}, self._log_dir, name)
+        self._children.append(child)
+        return child
+
+    def run(self, code: Optional[str] = None, *, timeout: float = 60.0, check: bool = True,
+            **kwargs) -> subprocess.CompletedProcess:
+        """Start a child and wait for it; with `check`, a non-zero exit fails the test."""
+        child = self.start(code, **kwargs)
+        result = child.wait(timeout)
+        if check and result.returncode != 0:
+            pytest.fail(f"{child.name} failed\n{child.describe()}")
+        return result
+
+    def kill_all(self) -> None:
+        for child in self._children:
+            child.kill()
+
+
+@pytest.fixture
+def ros_processes(ros_env: dict[str, str], tmp_path: Path) -> Iterator[RosProcesses]:
+    """Start Python child processes that use ROS; every one is killed when the test ends.
+
+    `ros_processes.start(code or module=..., args=..., env=...)` returns a
+    running `ChildProcess` (`wait(timeout)`, `stop()`, `kill()`, `stdout`,
+    `stderr`, `describe()`); `ros_processes.run(...)` starts one and waits
+    for it (default 60 s), failing the test with the child's output on a
+    timeout or, unless `check=False`, a non-zero exit. Output files lie in
+    the test's `tmp_path`.
+    """
+    processes = RosProcesses(ros_env, tmp_path)
+    yield processes
+    processes.kill_all()

@@ -1,0 +1,378 @@
+"""Image and CompressedImage <-> numpy: every encoding, padding, byte order, errors."""
+from __future__ import annotations
+
+import io
+import re
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from efficientps_ros.ros.image_codec import (array_to_image, compressed_to_rgb8, image_to_array,
+                                             rgb8_to_compressed, supported_encodings, to_rgb8)
+
+BAYER_PATTERNS = ("rggb", "bggr", "gbrg", "grbg")
+
+# sensor_msgs/image_encodings: sample type and channels of what camera drivers emit.
+NAMED_LAYOUTS = {
+    "rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4), "bgra8": (np.uint8, 4),
+    "mono8": (np.uint8, 1), "mono16": (np.uint16, 1),
+    "rgb16": (np.uint16, 3), "bgr16": (np.uint16, 3), "rgba16": (np.uint16, 4),
+    "bgra16": (np.uint16, 4),
+    **{f"bayer_{p}8": (np.uint8, 1) for p in BAYER_PATTERNS},
+    **{f"bayer_{p}16": (np.uint16, 1) for p in BAYER_PATTERNS},
+    "yuv422": (np.uint8, 2), "uyvy": (np.uint8, 2), "yuv422_yuy2": (np.uint8, 2), "yuyv": (np.uint8, 2),
+}
+GENERIC_TYPES = {"8U": np.uint8, "8S": np.int8, "16U": np.uint16, "16S": np.int16,
+                 "32S": np.int32, "32F": np.float32, "64F": np.float64}
+GENERIC_LAYOUTS = {f"{depth}C{k}": (dtype, k) for depth, dtype in GENERIC_TYPES.items()
+                   for k in (1, 2, 3, 4)}
+LAYOUTS = {**NAMED_LAYOUTS, **GENERIC_LAYOUTS}
+
+
+def random_array(encoding: str, height: int = 5, width: int = 6, seed: int = 0) -> np.ndarray:
+    """Random pixels of `encoding`, HxW for one channel and HxWxC otherwise."""
+    dtype, channels = LAYOUTS[encoding]
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    rng = np.random.default_rng(seed)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+
+
+def raw_image(array: np.ndarray, encoding: str, padding: int = 0) -> Image:
+    """An Image built by hand from `array`'s bytes, each row followed by `padding` junk bytes."""
+    rows = np.ascontiguousarray(array).view(np.uint8).reshape(array.shape[0], -1)
+    data = np.concatenate([rows, np.full((rows.shape[0], padding), 0xAB, np.uint8)], axis=1)
+    return Image(height=array.shape[0], width=array.shape[1], encoding=encoding,
+                 is_bigendian=int(array.dtype.byteorder == ">"), step=data.shape[1],
+                 data=data.tobytes())
+
+
+def view_shares_message_buffer(view: np.ndarray, msg: Image) -> bool:
+    return np.shares_memory(view, np.frombuffer(msg.data, np.uint8))
+
+
+def test_every_driver_encoding_is_supported() -> None:
+    assert set(LAYOUTS) <= set(supported_encodings())
+
+
+@pytest.mark.parametrize("encoding", sorted(LAYOUTS))
+def test_round_trip_is_bit_exact(encoding: str) -> None:
+    array = random_array(encoding)
+    header = Header(frame_id="camera")
+    header.stamp.sec, header.stamp.nanosec = 12, 345
+    msg = array_to_image(array, encoding, header)
+
+    assert (msg.height, msg.width, msg.encoding, msg.is_bigendian) == (5, 6, encoding, 0)
+    assert msg.step == 6 * LAYOUTS[encoding][1] * array.itemsize
+    assert msg.header is header
+    back = image_to_array(msg)
+    assert back.dtype == array.dtype and back.shape == array.shape
+    assert back.tobytes() == array.tobytes()
+    assert view_shares_message_buffer(back, msg)
+
+
+@pytest.mark.parametrize("encoding", sorted(LAYOUTS))
+def test_padded_rows_give_a_strided_view(encoding: str) -> None:
+    array = random_array(encoding, seed=1)
+    msg = raw_image(array, encoding, padding=8)
+
+    view = image_to_array(msg)
+    assert view.strides[0] == msg.step
+    np.testing.assert_array_equal(view, array)
+    assert view_shares_message_buffer(view, msg)
+
+
+def test_writing_the_view_writes_the_message() -> None:
+    msg = raw_image(np.zeros((2, 3), np.uint8), "mono8", padding=5)
+    image_to_array(msg)[1, 2] = 77
+    assert msg.data[1 * msg.step + 2] == 77
+
+
+def test_step_that_is_not_a_multiple_of_the_sample_size() -> None:
+    array = random_array("16UC1", seed=2)
+    view = image_to_array(raw_image(array, "16UC1", padding=3))
+    np.testing.assert_array_equal(view, array)
+
+
+@pytest.mark.parametrize("encoding, dtype, struct_format", [
+    ("mono16", ">u2", ">H"), ("16UC1", ">u2", ">H"), ("32FC1", ">f4", ">f"),
+])
+def test_big_endian_images(encoding: str, dtype: str, struct_format: str) -> None:
+    values = random_array(encoding, seed=3)
+    big = values.astype(dtype)
+
+    msg = array_to_image(big, encoding)
+    assert msg.is_bigendian == 1
+    assert bytes(msg.data[:values.itemsize]) == struct.pack(struct_format, values.flat[0])
+
+    back = image_to_array(msg)
+    assert back.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back, values)
+
+    padded = image_to_array(raw_image(big, encoding, padding=4))
+    np.testing.assert_array_equal(padded, values)
+
+
+@pytest.mark.parametrize("encoding", ["foo8", "jpeg", "RGB8", "8UC5", ""])
+def test_unknown_encoding_is_named(encoding: str) -> None:
+    msg = Image(encoding=encoding, height=1, width=1, step=3, data=bytes(3))
+    with pytest.raises(ValueError, match=f"unsupported image encoding '{encoding}'.*rgb8.*mono16"):
+        image_to_array(msg)
+
+
+def test_truncated_data_says_expected_and_got() -> None:
+    msg = array_to_image(random_array("rgb8"), "rgb8")
+    msg.data = bytes(msg.data[:-1])
+    with pytest.raises(ValueError, match=r"truncated: expected 90 bytes .*got 89"):
+        image_to_array(msg)
+
+
+def test_excess_data_is_a_size_mismatch() -> None:
+    msg = array_to_image(random_array("mono8"), "mono8")
+    msg.data = bytes(msg.data) + b"\0"
+    with pytest.raises(ValueError, match=r"size mismatch: expected 30 bytes .*got 31"):
+        image_to_array(msg)
+
+
+def test_step_smaller_than_a_row() -> None:
+    msg = Image(encoding="mono16", height=2, width=4, step=7, data=bytes(14))
+    with pytest.raises(ValueError, match=r"step 7 is smaller than one row of 8 bytes"):
+        image_to_array(msg)
+
+
+@pytest.mark.parametrize("height, width", [(0, 4), (4, 0), (0, 0)])
+def test_empty_image(height: int, width: int) -> None:
+    msg = Image(encoding="rgb8", height=height, width=width, step=3 * width)
+    with pytest.raises(ValueError, match="empty rgb8 image"):
+        image_to_array(msg)
+
+
+@pytest.mark.parametrize("array, encoding, problem", [
+    (np.zeros((2, 2), np.float32), "mono8", "needs dtype uint8, got float32"),
+    (np.zeros((2, 2, 3), np.uint16), "mono16", r"needs an HxW or HxWx1 array, got shape \(2, 2, 3\)"),
+    (np.zeros((2, 2), np.uint8), "rgb8", r"needs an HxWx3 array"),
+    (np.zeros((2, 2), np.int64), "32SC1", "needs dtype int32, got int64"),
+    (np.zeros((0, 2, 3), np.uint8), "rgb8", "empty rgb8 array"),
+    (np.zeros((2, 2), np.uint8), "nope", "unsupported image encoding 'nope'"),
+])
+def test_array_to_image_validates(array: np.ndarray, encoding: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        array_to_image(array, encoding)
+
+
+def test_non_contiguous_array_is_packed() -> None:
+    big = random_array("rgb8", height=6, width=8, seed=4)
+    part = big[::2, 1:7]
+    msg = array_to_image(part, "rgb8")
+    assert msg.step == 6 * 3
+    np.testing.assert_array_equal(image_to_array(msg), part)
+
+
+# --- to_rgb8 ---------------------------------------------------------------
+
+def test_rgb8_is_returned_without_copy() -> None:
+    msg = raw_image(random_array("rgb8", seed=5), "rgb8", padding=2)
+    rgb = to_rgb8(msg)
+    assert rgb.dtype == np.uint8 and rgb.shape == (5, 6, 3)
+    assert view_shares_message_buffer(rgb, msg)
+
+
+@pytest.mark.parametrize("encoding, pixels, expected", [
+    ("bgr8", [[[1, 2, 3], [4, 5, 6]]], [[[3, 2, 1], [6, 5, 4]]]),
+    ("rgba8", [[[1, 2, 3, 9], [4, 5, 6, 9]]], [[[1, 2, 3], [4, 5, 6]]]),
+    ("bgra8", [[[1, 2, 3, 9], [4, 5, 6, 9]]], [[[3, 2, 1], [6, 5, 4]]]),
+    ("mono8", [[10, 200]], [[[10, 10, 10], [200, 200, 200]]]),
+])
+def test_8bit_colour_conversions(encoding: str, pixels: list, expected: list) -> None:
+    msg = array_to_image(np.array(pixels, np.uint8), encoding)
+    rgb = to_rgb8(msg)
+    assert rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb, np.array(expected, np.uint8))
+
+
+@pytest.mark.parametrize("encoding, order", [
+    ("rgb16", (0, 1, 2)), ("bgr16", (2, 1, 0)), ("rgba16", (0, 1, 2)), ("bgra16", (2, 1, 0)),
+])
+def test_16bit_colour_keeps_the_high_byte(encoding: str, order: tuple) -> None:
+    pixels = random_array(encoding, seed=6)
+    rgb = to_rgb8(array_to_image(pixels, encoding))
+    np.testing.assert_array_equal(rgb, (pixels[..., list(order)] >> 8).astype(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">u2"])
+def test_mono16_keeps_the_high_byte(dtype: str) -> None:
+    values = np.array([[0x1234, 0xFF01], [0x00FF, 0x8000]], dtype)
+    rgb = to_rgb8(array_to_image(values, "mono16"))
+    expected = np.array([[0x12, 0xFF], [0x00, 0x80]], np.uint8)
+    np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=2))
+
+
+def bayer_mosaic(colour_planes: np.ndarray, pattern: str) -> np.ndarray:
+    """Sample an HxWx3 RGB image through the colour filter `pattern` (top-left 2x2, row-major)."""
+    height, width, _ = colour_planes.shape
+    cell = (np.arange(height)[:, None] % 2) * 2 + np.arange(width)[None, :] % 2
+    channel = np.array(["rgb".index(c) for c in pattern])[cell]
+    return np.take_along_axis(colour_planes, channel[..., None], axis=2)[..., 0]
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+@pytest.mark.parametrize("height, width", [(6, 8), (5, 7)])
+def test_bayer8_flat_colour_demosaics_to_that_colour(pattern: str, height: int, width: int) -> None:
+    colour = np.array([200, 120, 30], np.uint8)
+    mosaic = bayer_mosaic(np.broadcast_to(colour, (height, width, 3)), pattern)
+    rgb = to_rgb8(array_to_image(mosaic, f"bayer_{pattern}8"))
+    assert rgb.shape == (height, width, 3)
+    np.testing.assert_array_equal(rgb, np.broadcast_to(colour, rgb.shape))
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+def test_bayer16_flat_colour_demosaics_to_its_high_byte(pattern: str) -> None:
+    colour = np.array([0xC812, 0x78FF, 0x1E00], np.uint16)
+    mosaic = bayer_mosaic(np.broadcast_to(colour, (4, 6, 3)), pattern)
+    rgb = to_rgb8(array_to_image(mosaic, f"bayer_{pattern}16"))
+    np.testing.assert_array_equal(rgb, np.broadcast_to(np.array([0xC8, 0x78, 0x1E]), rgb.shape))
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+def test_bayer_keeps_every_measured_sample(pattern: str) -> None:
+    mosaic = random_array(f"bayer_{pattern}8", height=6, width=8, seed=10)
+    rgb = to_rgb8(mosaic, f"bayer_{pattern}8")
+    np.testing.assert_array_equal(bayer_mosaic(rgb, pattern), mosaic)
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+def test_bayer_reproduces_a_linear_scene_away_from_the_border(pattern: str) -> None:
+    # Bilinear interpolation is exact for colours that vary linearly.
+    ys, xs = np.mgrid[0:8, 0:10]
+    scene = np.stack([20 * xs, 10 * (xs + ys), 20 * ys], axis=2).astype(np.uint8)
+    rgb = to_rgb8(bayer_mosaic(scene, pattern), f"bayer_{pattern}8")
+    np.testing.assert_array_equal(rgb[1:-1, 1:-1], scene[1:-1, 1:-1])
+
+
+def test_bayer_smaller_than_one_filter_block_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 2x2 pixels, got 5x1"):
+        to_rgb8(np.zeros((1, 5), np.uint8), "bayer_rggb8")
+
+
+# BT.601 studio swing: Y 16..235, chroma centred on 128.
+WHITE, BLACK, GREY = (235, 128, 128), (16, 128, 128), (126, 128, 128)
+RED = (81, 90, 240)  # Y, U, V of (255, 0, 0)
+
+
+def yuv422_bytes(pairs: list, luma_first: bool) -> np.ndarray:
+    """1xWx2 pixels from (Y0, Y1, U, V) pixel pairs in YUYV or UYVY order."""
+    row = []
+    for y0, y1, u, v in pairs:
+        row += [y0, u, y1, v] if luma_first else [u, y0, v, y1]
+    return np.array(row, np.uint8).reshape(1, -1, 2)
+
+
+@pytest.mark.parametrize("encoding, luma_first", [
+    ("yuyv", True), ("yuv422_yuy2", True), ("uyvy", False), ("yuv422", False),
+])
+def test_yuv422_known_pixels(encoding: str, luma_first: bool) -> None:
+    pairs = [(WHITE[0], BLACK[0], 128, 128), (RED[0], RED[0], RED[1], RED[2]),
+             (GREY[0], WHITE[0], 128, 128)]
+    rgb = to_rgb8(array_to_image(yuv422_bytes(pairs, luma_first), encoding))
+    expected = [[255, 255, 255], [0, 0, 0], [255, 0, 0], [255, 0, 0], [128, 128, 128],
+                [255, 255, 255]]
+    np.testing.assert_array_equal(rgb, np.array([expected], np.uint8))
+
+
+def test_yuv422_odd_width_is_refused() -> None:
+    with pytest.raises(ValueError, match="even width, got 3"):
+        to_rgb8(np.zeros((2, 3, 2), np.uint8), "yuyv")
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "32SC1", "32FC1", "8UC3"])
+def test_depth_like_types_are_not_colour(encoding: str) -> None:
+    with pytest.raises(ValueError, match=f"'{encoding}' is a generic or depth-like type"):
+        to_rgb8(array_to_image(random_array(encoding), encoding))
+
+
+def test_to_rgb8_of_an_array_needs_a_matching_encoding() -> None:
+    pixels = np.zeros((2, 2, 3), np.uint8)
+    with pytest.raises(ValueError, match="needs its encoding"):
+        to_rgb8(pixels)
+    with pytest.raises(ValueError, match="needs an HxWx4 array"):
+        to_rgb8(pixels, "rgba8")
+    with pytest.raises(ValueError, match="encoding 'bgr8' given for an Image whose encoding is 'rgb8'"):
+        to_rgb8(array_to_image(pixels, "rgb8"), "bgr8")
+
+
+# --- compressed images -----------------------------------------------------
+
+def smooth_rgb(height: int = 48, width: int = 64) -> np.ndarray:
+    ys, xs = np.mgrid[0:height, 0:width]
+    return np.stack([xs * 255 // width, ys * 255 // height, (xs + ys) * 2 % 256], 2).astype(np.uint8)
+
+
+def test_png_round_trip_is_bit_exact() -> None:
+    pixels = random_array("rgb8", height=17, width=23, seed=8)
+    header = Header(frame_id="cam_png")
+    msg = rgb8_to_compressed(pixels, "png", header)
+    assert "png" in msg.format and msg.header is header
+    np.testing.assert_array_equal(compressed_to_rgb8(msg), pixels)
+
+
+def test_jpeg_round_trip_is_close() -> None:
+    pixels = smooth_rgb()
+    msg = rgb8_to_compressed(pixels, "jpeg")
+    assert "jpeg" in msg.format
+    decoded = compressed_to_rgb8(msg)
+    assert decoded.shape == pixels.shape and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - pixels).mean() < 3
+
+
+@pytest.mark.parametrize("fmt", ["png", "PNG", "rgb8; png compressed bgr8", "bgr8; png compressed bgr8"])
+def test_format_strings_of_image_transport(fmt: str) -> None:
+    pixels = random_array("rgb8", seed=9)
+    msg = rgb8_to_compressed(pixels, "png")
+    msg.format = fmt
+    np.testing.assert_array_equal(compressed_to_rgb8(msg), pixels)
+
+
+def test_grey_and_16bit_png_become_rgb() -> None:
+    grey = np.array([[0, 100], [200, 255]], np.uint8)
+    deep = np.array([[0x0000, 0x1234], [0xAB00, 0xFFFF]], np.uint16)
+    for pixels, expected in [(grey, grey), (deep, (deep >> 8).astype(np.uint8))]:
+        buffer = io.BytesIO()
+        PILImage.fromarray(pixels).save(buffer, "PNG")
+        msg = CompressedImage(format="png", data=buffer.getvalue())
+        np.testing.assert_array_equal(compressed_to_rgb8(msg), np.repeat(expected[..., None], 3, 2))
+
+
+@pytest.mark.parametrize("fmt, payload", [
+    ("jpeg", b"definitely not a jpeg"),
+    ("rgb8; jpeg compressed bgr8", None),
+    ("png", None),
+    ("png", b""),
+])
+def test_corrupt_payload_is_refused(fmt: str, payload) -> None:
+    if payload is None:
+        codec = "jpeg" if "jpeg" in fmt else "png"
+        good = bytes(rgb8_to_compressed(smooth_rgb(), codec).data)
+        payload = good[: len(good) // 2]
+    codec_name = "jpeg" if "jpeg" in fmt else "png"
+    with pytest.raises(ValueError, match=f"corrupt {codec_name} image"):
+        compressed_to_rgb8(CompressedImage(format=fmt, data=payload))
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "", "16UC1; compressedDepth png"])
+def test_unsupported_compressed_format(fmt: str) -> None:
+    msg = CompressedImage(format=fmt, data=b"\0" * 16)
+    with pytest.raises(ValueError, match=re.escape(repr(fmt))):
+        compressed_to_rgb8(msg)
+
+
+def test_rgb8_to_compressed_validates() -> None:
+    with pytest.raises(ValueError, match="unsupported compressed format 'bmp'"):
+        rgb8_to_compressed(np.zeros((2, 2, 3), np.uint8), "bmp")
+    with pytest.raises(ValueError, match="rgb8 needs an HxWx3 array"):
+        rgb8_to_compressed(np.zeros((2, 2), np.uint8), "png")
