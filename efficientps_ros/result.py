@@ -14,7 +14,9 @@ class Instance:
     class_id: int  # train id of the class
     class_name: str
     score: float
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in input pixels
+    # x0, y0, x1, y1 in input pixels: the box around the instance's pixels,
+    # edges exclusive (a one-pixel instance at (x, y) has x1 = x + 1).
+    box: tuple[float, float, float, float]
 
 
 @dataclass

@@ -104,10 +104,10 @@ class RoIConfig:
     # Proposal sampling for the box and mask losses.
     fg_iou_threshold: float = 0.5
     bg_iou_threshold: float = 0.5
-    batch_size_per_image: int = 512
+    batch_size_per_image: int = 256
     positive_fraction: float = 0.25
     # Detections passed to the fusion.
-    score_threshold: float = 0.05
+    score_threshold: float = 0.5
     nms_threshold: float = 0.5
     detections_per_image: int = 100
 
@@ -118,6 +118,8 @@ class FusionConfig:
     nms_threshold: float = 0.5
     max_instances: int = 100
     overlap_threshold: float = 0.5
+    # A pasted mask pixel belongs to the instance above this probability.
+    mask_threshold: float = 0.5
     min_stuff_area: int = 2048
     mask_logit_scale: float = 4.0
 
@@ -134,9 +136,10 @@ class EfficientPSConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi: RoIConfig = field(default_factory=RoIConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
-    # RGB, 0-255 scale, applied to the uint8 image.
-    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
-    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    # RGB, 0-255 scale, applied to the uint8 image: the authors' Cityscapes
+    # statistics, which their checkpoints were trained with.
+    pixel_mean: tuple[float, float, float] = (106.433, 116.617, 119.559)
+    pixel_std: tuple[float, float, float] = (65.496, 67.6, 74.123)
     # Both sides of the network's input are padded to a multiple of this.
     size_divisor: int = 32
     classes: tuple[ClassInfo, ...] = CITYSCAPES_CLASSES

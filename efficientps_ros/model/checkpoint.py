@@ -1,0 +1,100 @@
+"""Checkpoints: safetensors weights with the model config in the file's metadata.
+
+A checkpoint never executes code when loaded: safetensors holds tensors and
+strings only. Every refusal names the file and what was wrong with it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from .config import EfficientPSConfig, config_from_dict
+
+FORMAT = "efficientps_ros/1"
+# How many names a mismatch message lists before it summarises.
+_MAX_LISTED = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or does not fit the model."""
+
+
+def save_checkpoint(model: nn.Module, config: EfficientPSConfig, path: str | Path) -> Path:
+    """Write the model's state dict and its config to one safetensors file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses tensors that share storage or are not contiguous.
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(config.to_dict())}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def read_config(path: str | Path) -> EfficientPSConfig:
+    """The config stored in a checkpoint, without reading its tensors."""
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise CheckpointError(
+            f"{path}: not an efficientps_ros checkpoint (metadata format {metadata.get('format')!r}); "
+            "convert the authors' checkpoints with `efficientps convert-official`"
+        )
+    try:
+        return config_from_dict(json.loads(metadata["config"]), where=f"{path} config")
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: stored config is invalid ({exc})") from None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], EfficientPSConfig]:
+    """The state dict and config of a checkpoint written by `save_checkpoint`."""
+    config = read_config(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: tensors could not be read ({exc})") from None
+    return state, config
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Copy `state` into `model`, refusing any missing, unexpected or misshapen tensor."""
+    problems = state_dict_mismatch(model.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"{source}: does not fit the model: {problems}")
+    model.load_state_dict(state, strict=True)
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """A readable list of differences between two state dicts, or '' if they fit."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [
+        f"{k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}"
+        for k in expected
+        if k in given and given[k].shape != expected[k].shape
+    ]
+    parts = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)):
+        if names:
+            parts.append(f"{len(names)} {label}: {_listing(names)}")
+    return "; ".join(parts)
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown if len(names) <= _MAX_LISTED else f"{shown}, ... ({len(names) - _MAX_LISTED} more)"
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    return path

@@ -1,0 +1,164 @@
+"""Import of the authors' checkpoints, checked against their state-dict table."""
+import datetime
+import math
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from efficientps_ros.cli import main as cli_main
+from efficientps_ros.model.checkpoint import CheckpointError, load_checkpoint
+from efficientps_ros.model.config import CITYSCAPES_CLASSES, load_config
+from efficientps_ros.model.efficientps import EfficientPS, parameter_counts
+from efficientps_ros.model.official import convert_official, our_key, read_official
+
+from .conftest import read_official_state_dict
+
+OFFICIAL_PARAMETERS = 42_988_744
+
+
+def _value(key: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """A seeded value that keeps a forward pass well scaled and tells tensors apart."""
+    if key.endswith("num_batches_tracked"):
+        return torch.randint(1, 10_000, (), generator=generator)
+    if key.endswith("running_var"):
+        return 0.5 + torch.rand(shape, generator=generator)
+    if key.endswith(("running_mean", ".bias")):
+        return 0.1 * torch.randn(shape, generator=generator)
+    if len(shape) == 1:  # norm weights, about a third negative as InPlaceABN allows
+        sign = torch.where(torch.rand(shape, generator=generator) < 0.3, -1.0, 1.0)
+        return sign * (0.5 + 0.5 * torch.rand(shape, generator=generator))
+    fan_in = math.prod(shape[1:])
+    return torch.randn(shape, generator=generator) / math.sqrt(fan_in)
+
+
+def _official_state_dict(seed: int = 0) -> OrderedDict:
+    generator = torch.Generator().manual_seed(seed)
+    return OrderedDict((key, _value(key, shape, generator)) for key, shape in read_official_state_dict())
+
+
+def _mmcv_file(path, state, **meta):
+    meta = {"mmdet_version": "1.0rc0+e1c92c3", "config": "model = dict(type='EfficientPS')",
+            "CLASSES": tuple(c.name for c in CITYSCAPES_CLASSES[11:]), "epoch": 160, "iter": 0,
+            "mmcv_version": "0.5.9", "time": "Thu Jan  7 10:00:00 2021", **meta}
+    torch.save({"meta": meta, "state_dict": state}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def official_state():
+    return _official_state_dict()
+
+
+@pytest.fixture(scope="module")
+def converted(official_state, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("official")
+    src = _mmcv_file(directory / "efficientPS_cityscapes.pth", official_state)
+    return convert_official(src, directory / "converted.safetensors")
+
+
+def test_b5_has_the_authors_parameter_count():
+    counts = parameter_counts(EfficientPS(load_config("b5_cityscapes")))
+    assert counts["total"] == OFFICIAL_PARAMETERS
+    assert counts["backbone"] == 23_148_912
+    assert counts["fpn"] == 3_557_376
+    assert counts["semantic_head"] == 1_206_547
+    assert counts["instance_head"] == 593_935 + 13_941_805 + 540_169
+
+
+def test_every_official_tensor_has_exactly_one_of_ours():
+    ours = EfficientPS(load_config("b5_cityscapes")).state_dict()
+    table = read_official_state_dict()
+    mapped = [our_key(key) for key, _ in table]
+    assert len(set(mapped)) == len(table) == 1064
+    assert set(mapped) == set(ours)
+    for (key, shape), name in zip(table, mapped):
+        assert tuple(ours[name].shape) == shape, key
+
+
+def test_conversion_puts_every_value_where_the_mapping_says(official_state, converted):
+    tensors = load_file(str(converted))
+    assert len(tensors) == len(official_state)
+    for key, value in official_state.items():
+        assert torch.equal(tensors[our_key(key)], value), key
+    model = EfficientPS(load_config("b5_cityscapes"))
+    model.load_state_dict(tensors, strict=True)  # no missing, no unexpected
+    assert torch.equal(model.fpn.fpn_convs[0].conv.weight, official_state["neck.fpn_convs.0.conv.weight"])
+    assert torch.equal(
+        model.instance_head.mask_head.conv_logits.bias, official_state["mask_head.conv_logits.bias"]
+    )
+
+
+def test_converted_checkpoint_carries_config_and_class_table(converted):
+    _, config = load_checkpoint(converted)
+    assert config.name == "b5_cityscapes"
+    assert config.classes == CITYSCAPES_CLASSES
+    assert config.backbone.name == "tf_efficientnet_b5"
+
+
+def test_dense_path_with_converted_weights_is_finite_and_deterministic(converted):
+    torch.set_num_threads(2)
+    state, config = load_checkpoint(converted)
+    model = EfficientPS(config).eval()
+    model.load_state_dict(state)
+    image = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (1, 3, 1024, 2048)).astype(np.float32))
+
+    def dense(x):
+        return model.semantic_head(model.fpn(model.backbone(x)), x.shape[-2:])
+
+    with torch.inference_mode():
+        first, second = dense(image), dense(image)
+    assert first.shape == (1, 19, 1024, 2048)
+    assert torch.isfinite(first).all()
+    assert torch.equal(first, second)
+    # Different weights give different logits: the values really arrived.
+    assert first.std() > 0
+
+
+def test_checkpoints_without_batch_counters_and_with_module_prefix(official_state, tmp_path):
+    # inplace_abn 1.0 had no num_batches_tracked; DataParallel adds "module.".
+    state = OrderedDict(
+        (f"module.{key}", value) for key, value in official_state.items() if not key.endswith("num_batches_tracked")
+    )
+    out = convert_official(_mmcv_file(tmp_path / "old.pth", state), tmp_path / "old.safetensors")
+    tensors = load_file(str(out))
+    assert torch.equal(tensors["backbone.conv_stem.weight"], official_state["backbone.conv_stem.weight"])
+    assert tensors["backbone.bn1.num_batches_tracked"].item() == 0
+
+
+def test_missing_and_unexpected_tensors_are_named(official_state, tmp_path):
+    state = OrderedDict(official_state)
+    del state["semantic_head.conv_logits.weight"]
+    state["neck.extra_conv.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as info:
+        convert_official(_mmcv_file(tmp_path / "bad.pth", state), tmp_path / "bad.safetensors")
+    message = str(info.value)
+    assert "missing: semantic_head.conv_logits.weight" in message
+    assert "unexpected: fpn.extra_conv.weight" in message
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_numpy_scalars_in_meta_are_allowed_but_other_types_are_refused(tmp_path):
+    state = {"backbone.conv_stem.weight": torch.zeros(1)}
+    allowed = _mmcv_file(tmp_path / "np.pth", state, epoch=np.int64(160), lr=np.float64(0.07))
+    assert torch.equal(read_official(allowed)["backbone.conv_stem.weight"], torch.zeros(1))
+
+    refused = _mmcv_file(tmp_path / "dt.pth", state, saved=datetime.datetime(2021, 1, 7))
+    with pytest.raises(CheckpointError, match=r"dt.pth: refused to load: it holds the type datetime\.datetime"):
+        read_official(refused)
+
+
+def test_unreadable_files_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint file not found"):
+        read_official(tmp_path / "absent.pth")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="garbage.pth"):
+        read_official(garbage)
+
+
+def test_command_line_conversion_reports_errors_without_traceback(tmp_path, capsys):
+    assert cli_main(["convert-official", str(tmp_path / "absent.pth"), str(tmp_path / "out.safetensors")]) == 2
+    assert "absent.pth: checkpoint file not found" in capsys.readouterr().err
