@@ -1,0 +1,170 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from efficientps_ros.data.synthetic import street_scene
+from efficientps_ros.model import build_model
+from efficientps_ros.model.checkpoint import CheckpointError, save_checkpoint
+from efficientps_ros.model.config import VOID_TRAIN_ID, load_config
+from efficientps_ros.predictor import Predictor, resolve_device, segment_boxes
+
+
+def _permissive_small():
+    """The small preset with thresholds low enough that untrained weights yield instances."""
+    config = load_config("small")
+    return replace(
+        config,
+        roi=replace(config.roi, score_threshold=0.05),
+        fusion=replace(config.fusion, score_threshold=0.05, min_stuff_area=16),
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = _permissive_small()
+    path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
+    return save_checkpoint(build_model(config), config, path)
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    torch.set_num_threads(2)
+    return Predictor(checkpoint=checkpoint, device="cpu")
+
+
+def _check_consistent(result, config, shape):
+    """Maps at the input size that agree with each other and with the instance list."""
+    assert result.semantic.shape == result.instance.shape == result.panoptic.shape == shape
+    assert (result.semantic.dtype, result.instance.dtype, result.panoptic.dtype) == (np.uint8, np.uint16, np.int32)
+    ids = np.unique(result.instance)
+    assert list(ids[ids > 0]) == [i.id for i in result.instances] == list(range(1, len(result.instances) + 1))
+    label_ids = np.array([c.label_id for c in config.classes])
+    void = result.semantic == VOID_TRAIN_ID
+    assert (result.panoptic[void] == 0).all()
+    stuff = ~void & (result.instance == 0)
+    assert (result.panoptic[stuff] == label_ids[result.semantic[stuff]]).all()
+    for inst in result.instances:
+        pixels = result.instance == inst.id
+        assert (result.semantic[pixels] == inst.class_id).all()
+        assert config.classes[inst.class_id].is_thing and inst.class_name == config.classes[inst.class_id].name
+        assert (result.panoptic[pixels] == config.classes[inst.class_id].label_id * 1000 + inst.id).all()
+        rows, cols = np.nonzero(pixels)
+        assert inst.box == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+    # Pixels of thing classes belong to an instance, or are void.
+    things = np.isin(result.semantic, [c.train_id for c in config.thing_classes])
+    assert (result.instance[things] > 0).all()
+
+
+def test_single_image_gives_consistent_maps_with_instances(predictor):
+    image = street_scene(128, 256, seed=1).image
+    result = predictor.predict(image)
+    _check_consistent(result, predictor.config, (128, 256))
+    assert len(result.instances) > 0
+    assert result.model_time > 0
+
+
+@pytest.mark.parametrize("shape", [(75, 248), (33, 40), (100, 100)])
+def test_sizes_that_are_not_multiples_of_32(predictor, shape):
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    _check_consistent(predictor.predict(image), predictor.config, shape)
+
+
+def test_a_batch_equals_the_images_one_by_one(predictor):
+    images = [street_scene(96, 160, seed=s).image for s in (2, 3)] + [street_scene(64, 96, seed=4).image]
+    batch = predictor.predict(images)
+    assert isinstance(batch, list) and len(batch) == 3
+    for image, together in zip(images, batch):
+        alone = predictor.predict(image)
+        np.testing.assert_array_equal(together.semantic, alone.semantic)
+        np.testing.assert_array_equal(together.panoptic, alone.panoptic)
+        assert [i.class_id for i in together.instances] == [i.class_id for i in alone.instances]
+
+
+def test_input_size_resizes_for_the_network_and_back(checkpoint):
+    predictor = Predictor(checkpoint=checkpoint, device="cpu", input_size=(64, 128))
+    image = street_scene(150, 300, seed=5).image
+    result = predictor.predict(image)
+    _check_consistent(result, predictor.config, (150, 300))
+
+
+def test_fusion_thresholds_change_the_output(checkpoint):
+    predictor = Predictor(checkpoint=checkpoint, device="cpu")
+    image = street_scene(128, 256, seed=1).image
+    assert len(predictor.predict(image).instances) > 0
+    predictor.set_fusion(score_threshold=0.999)
+    assert predictor.predict(image).instances == []
+
+
+def test_bf16_runs_on_cpu_and_agrees_mostly_with_fp32(checkpoint, predictor):
+    image = street_scene(128, 256, seed=6).image
+    low = Predictor(checkpoint=checkpoint, device="cpu", precision="bf16").predict(image)
+    full = predictor.predict(image)
+    _check_consistent(low, predictor.config, (128, 256))
+    assert (low.semantic == full.semantic).mean() > 0.8
+
+
+def test_checkpoint_config_is_used_and_a_mismatched_config_is_refused(checkpoint):
+    assert Predictor(checkpoint=checkpoint, device="cpu").config == _permissive_small()
+    with pytest.raises(CheckpointError, match="small.safetensors: does not fit the model"):
+        Predictor("b5_cityscapes", checkpoint=checkpoint, device="cpu")
+
+
+def test_missing_and_corrupt_checkpoints_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="absent.safetensors: checkpoint file not found"):
+        Predictor("small", checkpoint=tmp_path / "absent.safetensors", device="cpu")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(CheckpointError, match="corrupt.safetensors"):
+        Predictor("small", checkpoint=corrupt, device="cpu")
+
+
+def test_without_weights_it_warns_that_they_are_random(caplog):
+    predictor = Predictor("small", device="cpu")
+    assert predictor.uses_default_weights
+    assert "RANDOM weights" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"device": "tpu"}, "device 'tpu' is not one of auto, cpu, cuda, cuda:N"),
+        ({"device": "cpu", "precision": "fp8"}, "precision 'fp8' is not one of fp32, fp16, bf16"),
+        ({"device": "cpu", "precision": "fp16"}, "'fp16' needs a CUDA device"),
+        ({"device": "cpu", "input_size": (16, 64)}, "input_size"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Predictor("small", **kwargs)
+
+
+def test_auto_device_and_cuda_without_a_gpu():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((10, 10), np.uint8), r"shape \(10, 10\)"),
+        (np.zeros((10, 10, 3), np.float32), "float32"),
+        (np.zeros((0, 10, 3), np.uint8), "empty image"),
+        ("not an image", "expected an HxWx3 uint8 RGB array"),
+    ],
+)
+def test_bad_images_are_refused(predictor, image, message):
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(image)
+
+
+def test_segment_boxes_enclose_each_id():
+    instance = torch.zeros(6, 8, dtype=torch.long)
+    instance[1:3, 2:5] = 1
+    instance[5, 7] = 2
+    boxes = segment_boxes(instance, 2)
+    assert boxes.tolist() == [[2, 1, 5, 3], [7, 5, 8, 6]]
