@@ -1,0 +1,172 @@
+"""`make demo`: the node in its own process, fed a synthetic camera stream.
+
+This process plays the camera and the consumer: it publishes street scenes on
+/camera/image_raw, listens to every output of the node, prints what arrived
+and writes the last frame's input, overlay and maps to the output folder.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+CAMERA = "/camera/image_raw"
+OUTPUTS = "/camera/efficientps"
+IMAGE_TOPICS = ("semantic", "instance", "panoptic", "overlay")
+
+
+def _start_node(log_path: Path) -> subprocess.Popen:
+    env = dict(os.environ, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "efficientps_ros.ros.node", "--ros-args", "-p", f"image_topics:=['{CAMERA}']"]
+    log = log_path.open("w")
+    # Same process group as the demo: whoever stops the demo stops the node too.
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop_node(node: subprocess.Popen) -> None:
+    if node.poll() is None:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
+
+
+class _Consumer:
+    """Subscribes to every output and keeps what came, keyed by input stamp."""
+
+    def __init__(self, node):
+        from sensor_msgs.msg import Image
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from vision_msgs.msg import Detection2DArray, LabelInfo
+
+        self.received: dict[str, dict[int, object]] = defaultdict(dict)
+        self.arrival: dict[tuple[str, int], float] = {}
+        self.label_info = None
+        for name in IMAGE_TOPICS:
+            node.create_subscription(Image, f"{OUTPUTS}/{name}", self._keeper(name), 10)
+        node.create_subscription(Detection2DArray, f"{OUTPUTS}/detections", self._keeper("detections"), 10)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        node.create_subscription(LabelInfo, f"{OUTPUTS}/label_info", self._label_info, latched)
+
+    def _keeper(self, name: str):
+        def keep(msg) -> None:
+            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+            self.received[name][stamp] = msg
+            self.arrival[(name, stamp)] = time.monotonic()
+
+        return keep
+
+    def _label_info(self, msg) -> None:
+        self.label_info = msg
+
+
+def _wait(executor, condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        executor.spin_once(timeout_sec=0.05)
+    return condition()
+
+
+def run_demo(frames: int = 20, out: Path = Path("outputs/demo"), height: int = 384, width: int = 768) -> int:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    from .data.synthetic import street_scene
+    from .ros.image_codec import array_to_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    node_process = _start_node(out / "node.log")
+    rclpy.init()
+    demo = rclpy.create_node("efficientps_demo_camera")
+    executor = SingleThreadedExecutor()
+    executor.add_node(demo)
+    try:
+        consumer = _Consumer(demo)
+        camera = demo.create_publisher(Image, CAMERA, 10)
+        print(f"waiting for the node to load its model and subscribe to {CAMERA} ...")
+        if not _wait(executor, lambda: camera.get_subscription_count() > 0, 120.0):
+            print(f"the node did not come up; its log is in {out / 'node.log'}", file=sys.stderr)
+            return 1
+        sent = _stream(executor, demo, camera, consumer, frames, height, width, street_scene, array_to_image)
+        _wait(executor, lambda: len(consumer.received["panoptic"]) >= 1 and _settled(consumer, sent), 30.0)
+        return _report(consumer, sent, out)
+    finally:
+        demo.destroy_node()
+        rclpy.try_shutdown()
+        _stop_node(node_process)
+
+
+def _stream(executor, demo, camera, consumer, frames, height, width, street_scene, array_to_image) -> dict:
+    """Publish at 5 Hz; a slow model drops frames, and the node counts them."""
+    sent = {}
+    for index in range(frames):
+        scene = street_scene(height, width, seed=index)
+        msg = array_to_image(scene.image, "rgb8")
+        msg.header.stamp = demo.get_clock().now().to_msg()
+        msg.header.frame_id = "camera"
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        sent[stamp] = (scene.image, time.monotonic())
+        camera.publish(msg)
+        _wait(executor, lambda: False, 0.2)
+    return sent
+
+
+def _settled(consumer: _Consumer, sent: dict) -> bool:
+    last = max(consumer.received["panoptic"], default=None)
+    return last == max(sent)
+
+
+def _report(consumer: _Consumer, sent: dict, out: Path) -> int:
+    from PIL import Image as PILImage
+
+    print(f"\nsent {len(sent)} frames of {next(iter(sent.values()))[0].shape[1::-1]} (w, h) rgb8 to {CAMERA}")
+    ok = True
+    for name in (*IMAGE_TOPICS, "detections"):
+        got = consumer.received[name]
+        stamps_ok = all(stamp in sent for stamp in got)
+        latencies = [consumer.arrival[(name, s)] - sent[s][1] for s in got if s in sent]
+        detail = ""
+        if got and name != "detections":
+            msg = next(iter(got.values()))
+            detail = f"{msg.encoding:6s} {msg.width}x{msg.height}"
+        median = f"{statistics.median(latencies) * 1000:7.0f} ms" if latencies else "      -"
+        print(f"  {OUTPUTS}/{name:11s} {len(got):3d} msgs  {detail:16s} latency median {median}"
+              f"  headers match inputs: {stamps_ok}")
+        ok &= bool(got) and stamps_ok
+    classes = len(consumer.label_info.class_map) if consumer.label_info else 0
+    print(f"  {OUTPUTS}/label_info  {classes} classes, void included (transient local)")
+    ok &= classes > 0
+    if consumer.received["detections"]:
+        counts = [len(m.detections) for m in consumer.received["detections"].values()]
+        print(f"  instances per frame: {counts}")
+    _save_last(consumer, sent, out, PILImage)
+    print(f"\nwrote the last frame's input, overlay and maps to {out}/ (node log: {out / 'node.log'})")
+    return 0 if ok else 1
+
+
+def _save_last(consumer: _Consumer, sent: dict, out: Path, PILImage) -> None:
+    from .ros.image_codec import image_to_array
+
+    stamp = max(consumer.received["overlay"], default=None)
+    if stamp is None:
+        return
+    image = sent[stamp][0]
+    overlay = image_to_array(consumer.received["overlay"][stamp])
+    PILImage.fromarray(np.concatenate([image, overlay], axis=1)).save(out / "input_and_overlay.png")
+    for name in ("semantic", "instance"):
+        if stamp in consumer.received[name]:
+            PILImage.fromarray(np.ascontiguousarray(image_to_array(consumer.received[name][stamp]))).save(
+                out / f"{name}.png"
+            )
