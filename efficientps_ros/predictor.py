@@ -140,7 +140,9 @@ class Predictor:
 
     def _prepare(self, images: list[np.ndarray]) -> tuple[Tensor, tuple[int, int]]:
         """uint8 HxWx3 arrays -> normalised, padded NCHW batch on the device."""
-        batch = torch.stack([torch.from_numpy(np.ascontiguousarray(image)) for image in images])
+        # One copy into a fresh array: inputs are often read-only views of
+        # message buffers, which torch must not alias.
+        batch = torch.from_numpy(np.stack(images))
         batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         if self.input_size is not None and tuple(batch.shape[-2:]) != self.input_size:
             batch = F.interpolate(batch, size=self.input_size, mode="bilinear", align_corners=False)

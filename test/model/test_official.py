@@ -162,3 +162,23 @@ def test_unreadable_files_are_refused(tmp_path):
 def test_command_line_conversion_reports_errors_without_traceback(tmp_path, capsys):
     assert cli_main(["convert-official", str(tmp_path / "absent.pth"), str(tmp_path / "out.safetensors")]) == 2
     assert "absent.pth: checkpoint file not found" in capsys.readouterr().err
+
+
+def test_predictor_and_command_line_run_the_converted_checkpoint(converted, tmp_path, capsys):
+    from PIL import Image
+
+    from efficientps_ros.predictor import Predictor
+
+    predictor = Predictor(checkpoint=converted, device="cpu")
+    assert predictor.config.name == "b5_cityscapes" and not predictor.uses_default_weights
+    image = np.random.default_rng(1).integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    result = predictor.predict(image)
+    assert result.semantic.shape == (96, 160)
+    assert set(np.unique(result.semantic)) <= set(range(19)) | {255}
+
+    Image.fromarray(image).save(tmp_path / "frame.png")
+    args = ["predict", "--checkpoint", str(converted), "--device", "cpu", "--out", str(tmp_path / "out"),
+            str(tmp_path / "frame.png")]
+    assert cli_main(args) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "frame_semantic.png")), result.semantic)
+    assert np.array_equal(np.load(tmp_path / "out" / "frame_panoptic.npy"), result.panoptic)
