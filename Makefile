@@ -49,7 +49,7 @@ STAMP_DEPS    := $(VENV)/.stamp-deps
 STAMP_VISION  := $(VENV)/.stamp-vision-msgs
 STAMP_PACKAGE := $(VENV)/.stamp-package
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-node clean
 .DEFAULT_GOAL := test
 
 setup: $(STAMP_PACKAGE)
@@ -81,6 +81,10 @@ demo: setup
 
 bench: setup
 	$(PY) -m efficientps_ros.cli bench
+
+# The node's own cost per frame (conversion, messages, publishing), model excluded.
+bench-node: setup
+	$(SANDBOX) $(PY) -m efficientps_ros.ros.benchmark
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

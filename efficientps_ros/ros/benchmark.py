@@ -1,0 +1,192 @@
+"""The node's own overhead per frame: everything but the model.
+
+    python -m efficientps_ros.ros.benchmark [--height 1024 --width 2048 --frames 50]
+
+Stages: the input Image to an RGB array, the PanopticResult to every output
+message (semantic, instance, panoptic, overlay, detections), and publishing
+them to a subscriber in another process. Prints the median and p95 of each
+stage and of the total. Like every ROS process here, run it with the same
+FASTDDS_BUILTIN_TRANSPORTS as its peers.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from ..model.config import load_config
+from ..result import Instance, PanopticResult
+from .memory import keep_freed_memory
+
+PREFIX = "/benchmark/efficientps"
+OUTPUTS = ("semantic", "instance", "panoptic", "overlay", "detections")
+
+
+def synthetic_result(height: int, width: int, instances: int, seed: int = 0) -> PanopticResult:
+    """A street-like result: horizontal stuff bands and rectangular thing instances."""
+    config = load_config("small")
+    rng = np.random.default_rng(seed)
+    semantic = np.empty((height, width), np.uint8)
+    bands = np.linspace(0, height, 5).astype(int)
+    for band, class_id in zip(range(4), (10, 2, 1, 0)):  # sky, building, sidewalk, road
+        semantic[bands[band] : bands[band + 1]] = class_id
+    instance = np.zeros((height, width), np.uint16)
+    things = [c for c in config.classes if c.is_thing]
+    found = []
+    for k in range(1, instances + 1):
+        info = things[k % len(things)]
+        h, w = rng.integers(height // 20, height // 4), rng.integers(width // 40, width // 6)
+        y0, x0 = rng.integers(0, height - h), rng.integers(0, width - w)
+        instance[y0 : y0 + h, x0 : x0 + w] = k
+        semantic[y0 : y0 + h, x0 : x0 + w] = info.train_id
+        found.append(Instance(k, info.train_id, info.name, 0.9, (float(x0), float(y0), float(x0 + w), float(y0 + h))))
+    label_ids = np.asarray([c.label_id for c in config.classes] + [0] * (256 - len(config.classes)), np.int32)
+    panoptic = label_ids[semantic]
+    panoptic = np.where(instance > 0, panoptic * 1000 + instance, panoptic).astype(np.int32)
+    return PanopticResult(semantic, instance, panoptic, found)
+
+
+def listen(seconds: float) -> None:
+    """Subscriber side: receive every output for a while.
+
+    Messages stay serialized, as a C++ subscriber such as rviz2 would leave
+    them: converting 20 MB per frame to Python objects would only measure
+    this listener.
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray
+
+    rclpy.init()
+    node = rclpy.create_node("benchmark_listener")
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    for name in OUTPUTS:
+        kind = Detection2DArray if name == "detections" else Image
+        node.create_subscription(kind, f"{PREFIX}/{name}", lambda _msg: None, qos, raw=True)
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # stopped by the benchmark
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds per stage and frame, publishing to a listener in another process."""
+    import rclpy
+
+    from .camera import CameraOutputs
+    from .params import NodeSettings
+
+    settings = NodeSettings.from_values({})
+    rclpy.init()
+    node = rclpy.create_node("benchmark")
+    outputs = CameraOutputs(node, "/benchmark/image_raw", settings)
+    listener = None
+    if not args.no_listener:
+        command = [sys.executable, "-m", "efficientps_ros.ros.benchmark", "--listen", str(args.frames + 30)]
+        listener = subprocess.Popen(command)
+    try:
+        if listener is not None:
+            _wait_for_subscribers(outputs, settings, args.listener_timeout)
+        return _time_frames(outputs, settings, args)
+    finally:
+        if listener is not None:
+            listener.terminate()
+            listener.wait(10)
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _time_frames(outputs, settings, args: argparse.Namespace) -> dict[str, list[float]]:
+    """What the node does per frame, minus the model: decode, build every output, publish."""
+    from std_msgs.msg import Header
+
+    from ..visualize import PanopticPainter
+    from .image_codec import array_to_image, to_rgb8
+
+    result = synthetic_result(args.height, args.width, args.instances)
+    rgb = np.random.default_rng(1).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    frame = np.ascontiguousarray(rgb[..., ::-1]) if args.encoding == "bgr8" else rgb
+    message = array_to_image(frame, args.encoding, Header(frame_id="camera"))
+    painter = PanopticPainter(load_config("small").classes)
+    times: dict[str, list[float]] = {"conversion in": [], "messages": [], "publish": []}
+    times.update({f"  {name}": [] for name in OUTPUTS})
+    for index in range(args.warmup + args.frames):
+        measured = index >= args.warmup
+        start = time.perf_counter()
+        image = to_rgb8(message)
+        converted = time.perf_counter()
+        built = {}
+        for name in OUTPUTS:
+            begin = time.perf_counter()
+            built.update(outputs.build([name], result, image, message.header, settings, painter))
+            if measured:
+                times[f"  {name}"].append(time.perf_counter() - begin)
+        messages_done = time.perf_counter()
+        outputs.wanted(settings)  # the node asks every frame who listens
+        outputs.send(built)
+        published = time.perf_counter()
+        if measured:
+            times["conversion in"].append(converted - start)
+            times["messages"].append(messages_done - converted)
+            times["publish"].append(published - messages_done)
+        time.sleep(args.period)
+    times["total"] = [sum(stages) for stages in zip(times["conversion in"], times["messages"], times["publish"])]
+    return times
+
+
+def _wait_for_subscribers(outputs, settings, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while len(outputs.wanted(settings)) < len(OUTPUTS):
+        if time.monotonic() > end:
+            raise SystemExit(f"the listener did not subscribe to all outputs within {timeout} s")
+        time.sleep(0.05)
+
+
+def report(times: dict[str, list[float]], args: argparse.Namespace) -> str:
+    lines = [
+        f"node overhead at {args.height}x{args.width} {args.encoding}, {args.instances} instances, "
+        f"{args.frames} frames, all outputs",
+        f"{'stage':20s} {'median ms':>10s} {'p95 ms':>10s}",
+    ]
+    for stage, values in times.items():
+        ms = np.asarray(values) * 1000
+        lines.append(f"{stage:20s} {np.median(ms):10.2f} {np.percentile(ms, 95):10.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m efficientps_ros.ros.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--frames", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--instances", type=int, default=20)
+    parser.add_argument("--encoding", choices=("rgb8", "bgr8"), default="rgb8")
+    parser.add_argument("--period", type=float, default=0.05, help="seconds between frames, so the listener keeps up")
+    parser.add_argument("--no-listener", action="store_true", help="publish with no subscriber")
+    parser.add_argument("--listener-timeout", type=float, default=20.0)
+    parser.add_argument("--listen", type=float, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    # The node does the same at start; the listener, so that its page faults do not
+    # steal the CPU from the process measured.
+    keep_freed_memory()
+    if args.listen is not None:
+        listen(args.listen)
+        return 0
+    print(report(measure(args), args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

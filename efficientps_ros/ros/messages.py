@@ -1,0 +1,69 @@
+"""PanopticResult -> ROS messages. Every message carries the input's header.
+
+Images keep the input's size; detections use the same ids as the instance
+image, with the predictor's box around each instance's pixels.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from vision_msgs.msg import (
+    BoundingBox2D,
+    Detection2D,
+    Detection2DArray,
+    LabelInfo,
+    ObjectHypothesisWithPose,
+    VisionClass,
+)
+
+from ..model.config import VOID_TRAIN_ID, ClassInfo
+from ..result import PanopticResult
+from ..visualize import PanopticPainter
+from .image_codec import array_to_image
+
+
+def semantic_image(result: PanopticResult, header: Header) -> Image:
+    """mono8 train ids, 255 = void."""
+    return array_to_image(result.semantic, "mono8", header)
+
+
+def instance_image(result: PanopticResult, header: Header) -> Image:
+    """mono16: 0 = no instance, k = the k-th instance (Detection2D.id == str(k))."""
+    return array_to_image(result.instance, "mono16", header)
+
+
+def panoptic_image(result: PanopticResult, header: Header) -> Image:
+    """32SC1 Cityscapes panoptic ids: label id, or label id * 1000 + k; void 0."""
+    return array_to_image(result.panoptic, "32SC1", header)
+
+
+def overlay_image(
+    rgb: np.ndarray, result: PanopticResult, painter: PanopticPainter, alpha: float, header: Header
+) -> Image:
+    """rgb8: the panoptic colouring blended over the input image."""
+    return array_to_image(painter.overlay(rgb, result, alpha), "rgb8", header)
+
+
+def detection_array(result: PanopticResult, header: Header) -> Detection2DArray:
+    """One Detection2D per thing instance; id = str(k), class_id = class name, bbox in pixels."""
+    detections = []
+    for inst in result.instances:
+        x0, y0, x1, y1 = inst.box
+        bbox = BoundingBox2D(size_x=float(x1 - x0), size_y=float(y1 - y0))
+        bbox.center.position.x = float(x0 + x1) / 2.0
+        bbox.center.position.y = float(y0 + y1) / 2.0
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = inst.class_name
+        hypothesis.hypothesis.score = float(inst.score)
+        detections.append(Detection2D(header=header, results=[hypothesis], bbox=bbox, id=str(inst.id)))
+    return Detection2DArray(header=header, detections=detections)
+
+
+def label_info(classes: Sequence[ClassInfo], threshold: float, header: Header) -> LabelInfo:
+    """The class table: class_id = the value in the semantic image, including 255 = void."""
+    class_map = [VisionClass(class_id=info.train_id, class_name=info.name) for info in classes]
+    class_map.append(VisionClass(class_id=VOID_TRAIN_ID, class_name="void"))
+    return LabelInfo(header=header, class_map=class_map, threshold=float(threshold))

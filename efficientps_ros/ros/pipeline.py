@@ -1,0 +1,99 @@
+"""Frames in, outputs out: decode each camera's frame, predict them as one batch, publish.
+
+A bad frame, or a batch the device has no memory for, is reported and skipped;
+it never ends the worker.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..predictor import Predictor
+from ..visualize import PanopticPainter
+from .camera import CameraOutputs
+from .diagnostics import CameraStats
+from .frame_slots import Frame
+from .image_codec import compressed_to_rgb8, to_rgb8
+from .params import NodeSettings
+
+
+def decode(message: Any, transport: str, max_pixels: int) -> np.ndarray:
+    """An Image or CompressedImage as HxWx3 uint8 RGB; ValueError names what is wrong."""
+    if transport == "raw" and message.width * message.height > max_pixels:
+        raise ValueError(f"image of {message.width}x{message.height} exceeds max_image_pixels ({max_pixels})")
+    try:
+        rgb = compressed_to_rgb8(message) if transport == "compressed" else to_rgb8(message)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types for corrupt data
+        raise ValueError(f"cannot decode the image ({type(exc).__name__}: {exc})") from None
+    height, width = rgb.shape[:2]
+    if height == 0 or width == 0:
+        raise ValueError(f"empty image ({width}x{height})")
+    if height * width > max_pixels:
+        raise ValueError(f"image of {width}x{height} exceeds max_image_pixels ({max_pixels})")
+    return rgb
+
+
+class PerceptionPipeline:
+    """Runs the predictor on frames and publishes each camera's outputs."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        settings: NodeSettings,
+        outputs: dict[str, CameraOutputs],
+        stats: dict[str, CameraStats],
+        log_error: Callable[[str], None],
+    ):
+        self.predictor = predictor
+        # Replaced as a whole when a live parameter changes.
+        self.settings = settings
+        self._outputs = outputs
+        self._stats = stats
+        self._log_error = log_error
+        self._painter = PanopticPainter(predictor.config.classes)
+
+    def process(self, frames: list[Frame]) -> None:
+        settings = self.settings
+        decoded = []
+        for frame in frames:
+            try:
+                decoded.append((frame, decode(frame.message, settings.transport, settings.max_image_pixels)))
+            except ValueError as exc:
+                self._skip(frame.camera, f"bad input: {exc}")
+        if decoded:
+            self._predict_and_publish(decoded, settings)
+
+    def _predict_and_publish(self, decoded: list[tuple[Frame, np.ndarray]], settings: NodeSettings) -> None:
+        try:
+            results = self.predictor.predict([rgb for _, rgb in decoded])
+        except torch.OutOfMemoryError:
+            if self.predictor.device.type == "cuda":
+                torch.cuda.empty_cache()
+            for frame, _ in decoded:
+                self._skip(frame.camera, f"out of memory on {self.predictor.device}")
+            return
+        except Exception as exc:  # noqa: BLE001 - the next frame may well succeed
+            for frame, _ in decoded:
+                self._skip(frame.camera, f"inference failed: {type(exc).__name__}: {exc}")
+            return
+        for (frame, rgb), result in zip(decoded, results):
+            self._publish(frame, rgb, result, settings)
+
+    def _publish(self, frame: Frame, rgb: np.ndarray, result, settings: NodeSettings) -> None:
+        outputs = self._outputs[frame.camera]
+        try:
+            wanted = outputs.wanted(settings)
+            outputs.send(outputs.build(wanted, result, rgb, frame.message.header, settings, self._painter))
+        except Exception as exc:  # noqa: BLE001 - a failed publish must not end the worker
+            self._skip(frame.camera, f"publishing failed: {type(exc).__name__}: {exc}")
+            return
+        self._stats[frame.camera].record_output(time.monotonic() - frame.received, result.model_time)
+
+    def _skip(self, camera: str, problem: str) -> None:
+        if self._stats[camera].record_error(problem):
+            self._log_error(f"camera {camera}: frame skipped, {problem}")

@@ -1,0 +1,116 @@
+"""Parameter specs, descriptors and the checks behind every refusal message."""
+import pytest
+import yaml
+from pathlib import Path
+
+from efficientps_ros.ros.params import (
+    SPECS,
+    SPECS_BY_NAME,
+    NodeSettings,
+    ParameterError,
+    check_change,
+    check_value,
+    descriptor,
+)
+
+PARAMS_FILE = Path(__file__).resolve().parents[2] / "config" / "efficientps.yaml"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_every_parameter_has_a_description_and_says_what_is_allowed():
+    for spec in SPECS:
+        desc = descriptor(spec)
+        assert desc.description, spec.name
+        assert desc.additional_constraints.startswith("Allowed: "), spec.name
+
+
+def test_numeric_parameters_carry_ros_ranges():
+    depth = descriptor(SPECS_BY_NAME["input_qos.depth"])
+    assert (depth.integer_range[0].from_value, depth.integer_range[0].to_value) == (1, 100)
+    score = descriptor(SPECS_BY_NAME["score_threshold"])
+    assert (score.floating_point_range[0].from_value, score.floating_point_range[0].to_value) == (0.0, 1.0)
+    assert not descriptor(SPECS_BY_NAME["transport"]).integer_range
+
+
+def test_the_params_file_holds_every_parameter_with_its_default():
+    tree = yaml.safe_load(PARAMS_FILE.read_text())
+    values = flatten(tree["efficientps"]["ros__parameters"])
+    assert set(values) == set(SPECS_BY_NAME)
+    for name, value in values.items():
+        assert value == SPECS_BY_NAME[name].default, name
+
+
+def test_defaults_make_valid_settings():
+    settings = NodeSettings.from_values({})
+    assert settings.image_topics == ("/camera/image_raw",)
+    assert settings.inference_size is None
+    assert settings.fusion == {"score_threshold": 0.5, "overlap_threshold": 0.5, "min_stuff_area": 2048}
+    assert all(settings.publishes(name) for name in ("semantic", "instance", "panoptic", "overlay", "detections"))
+
+
+@pytest.mark.parametrize(
+    "name, value, allowed",
+    [
+        ("transport", "theora", "one of raw, compressed"),
+        ("input_qos.reliability", "sometimes", "one of best_effort, reliable"),
+        ("precision", "fp8", "one of fp32, fp16, bf16"),
+        ("device", "tpu", "auto, cpu, cuda or cuda:N"),
+        ("score_threshold", 1.5, "0.0 to 1.0"),
+        ("min_stuff_area", -1, "0 to"),
+        ("image_topics", [], "non-empty list"),
+        ("image_topics", ["/a", "/a"], "distinct"),
+        ("image_topics", ["/bad topic"], "topic names"),
+        ("output_namespace", "/abs", "relative name"),
+        ("publish.overlay", "yes", "any bool"),
+        ("input_qos.depth", True, "1 to 100"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_parameter_and_the_allowed_values(name, value, allowed):
+    message = check_value(SPECS_BY_NAME[name], value)
+    assert message is not None
+    assert message.startswith(f"parameter {name}:")
+    assert allowed in message
+    with pytest.raises(ParameterError, match=name.replace(".", r"\.")):
+        NodeSettings.from_values({name: value})
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("device", "cuda:1"), ("device", "cpu"), ("score_threshold", 0), ("image_topics", ["/a", "b/c"])],
+)
+def test_good_values_pass(name, value):
+    assert check_value(SPECS_BY_NAME[name], value) is None
+
+
+def test_half_set_inference_size_is_refused():
+    with pytest.raises(ParameterError, match="inference_height/inference_width"):
+        NodeSettings.from_values({"inference_height": 512})
+    assert NodeSettings.from_values({"inference_height": 512, "inference_width": 1024}).inference_size == (512, 1024)
+
+
+def test_structural_parameters_change_only_while_unconfigured():
+    assert check_change("device", "cpu", configured=False) is None
+    refusal = check_change("device", "cpu", configured=True)
+    assert refusal and "device" in refusal and "cleanup" in refusal
+    assert check_change("score_threshold", 0.7, configured=True) is None
+    assert check_change("publish.overlay", False, configured=True) is None
+
+
+def test_parameters_of_every_node_are_left_alone():
+    assert check_change("use_sim_time", True, configured=True) is None
+
+
+def test_with_values_applies_live_changes():
+    settings = NodeSettings.from_values({})
+    changed = settings.with_values({"score_threshold": 0.9, "publish.overlay": False})
+    assert changed.score_threshold == 0.9 and not changed.publishes("overlay")
+    assert settings.score_threshold == 0.5

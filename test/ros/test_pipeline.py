@@ -1,0 +1,110 @@
+"""The inference pipeline: bad frames and out-of-memory batches are skipped, the rest goes on.
+
+The real small predictor runs; the outputs are recorded instead of published.
+"""
+import numpy as np
+import pytest
+import torch
+from std_msgs.msg import Header
+
+from efficientps_ros.predictor import Predictor
+from efficientps_ros.ros.diagnostics import CameraStats
+from efficientps_ros.ros.frame_slots import Frame
+from efficientps_ros.ros.image_codec import array_to_image
+from efficientps_ros.ros.params import NodeSettings
+from efficientps_ros.ros.pipeline import PerceptionPipeline, decode
+
+
+class RecordedOutputs:
+    """Stands in for CameraOutputs: keeps what would have been published."""
+
+    def __init__(self):
+        self.sent = []
+
+    def wanted(self, settings):
+        return ["semantic"]
+
+    def build(self, outputs, result, rgb, header, settings, painter):
+        return {name: (result, rgb.shape, header.frame_id) for name in outputs}
+
+    def send(self, built):
+        self.sent.append(built)
+
+
+class FailingOnce:
+    """The real predictor, except that its first batch runs out of memory."""
+
+    def __init__(self, predictor: Predictor):
+        self._predictor = predictor
+        self.device = predictor.device
+        self.config = predictor.config
+        self.calls = 0
+
+    def predict(self, images):
+        self.calls += 1
+        if self.calls == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self._predictor.predict(images)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor("small", device="cpu")
+
+
+def frame(camera: str, height: int = 48, width: int = 64, encoding: str = "rgb8") -> Frame:
+    message = array_to_image(np.zeros((height, width, 3), np.uint8), "rgb8", Header(frame_id=camera))
+    message.encoding = encoding
+    return Frame(camera, message, received=0.0)
+
+
+def make_pipeline(predictor, **settings):
+    cameras = ("/a", "/b")
+    outputs = {camera: RecordedOutputs() for camera in cameras}
+    stats = {camera: CameraStats() for camera in cameras}
+    logged = []
+    pipeline = PerceptionPipeline(predictor, NodeSettings.from_values(settings), outputs, stats, logged.append)
+    return pipeline, outputs, stats, logged
+
+
+def test_an_out_of_memory_batch_is_skipped_and_the_next_one_published(predictor):
+    pipeline, outputs, stats, logged = make_pipeline(FailingOnce(predictor))
+    pipeline.process([frame("/a")])
+    assert outputs["/a"].sent == []
+    assert stats["/a"].snapshot().errors == 1
+    assert logged == ["camera /a: frame skipped, out of memory on cpu"]
+    pipeline.process([frame("/a")])
+    assert len(outputs["/a"].sent) == 1
+    assert stats["/a"].snapshot().published == 1
+
+
+def test_a_bad_frame_does_not_hold_back_the_other_camera_in_its_batch(predictor):
+    pipeline, outputs, stats, logged = make_pipeline(predictor)
+    pipeline.process([frame("/a", encoding="yuv9"), frame("/b")])
+    assert outputs["/a"].sent == [] and len(outputs["/b"].sent) == 1
+    assert "yuv9" in stats["/a"].snapshot().last_error
+    assert len(logged) == 1 and logged[0].startswith("camera /a: frame skipped, bad input:")
+
+
+def test_the_same_bad_input_is_logged_once_but_counted_every_time(predictor):
+    pipeline, _, stats, logged = make_pipeline(predictor)
+    for _ in range(3):
+        pipeline.process([frame("/a", encoding="yuv9")])
+    assert len(logged) == 1
+    assert stats["/a"].snapshot().errors == 3
+
+
+def test_each_camera_gets_its_own_result_at_its_own_size(predictor):
+    pipeline, outputs, _, _ = make_pipeline(predictor)
+    pipeline.process([frame("/a", 48, 64), frame("/b", 32, 96)])
+    (result_a, shape_a, frame_a), = outputs["/a"].sent[0].values()
+    (result_b, shape_b, frame_b), = outputs["/b"].sent[0].values()
+    assert result_a.semantic.shape == (48, 64) and shape_a == (48, 64, 3) and frame_a == "/a"
+    assert result_b.semantic.shape == (32, 96) and shape_b == (32, 96, 3) and frame_b == "/b"
+
+
+def test_decode_refuses_images_above_the_pixel_limit_before_reading_them():
+    message = frame("/a", 48, 64).message
+    with pytest.raises(ValueError, match="exceeds max_image_pixels"):
+        decode(message, "raw", max_pixels=1000)
+    assert decode(message, "raw", max_pixels=48 * 64).shape == (48, 64, 3)
