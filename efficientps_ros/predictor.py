@@ -96,8 +96,18 @@ class Predictor:
         self._label_ids = torch.tensor([c.label_id for c in self.config.classes] + [0], device=self.device)
 
     def set_fusion(self, **thresholds) -> None:
-        """Change fusion thresholds (score_threshold, overlap_threshold, ...)."""
-        self.config = replace(self.config, fusion=replace(self.config.fusion, **thresholds))
+        """Change fusion thresholds (score_threshold, overlap_threshold, ...).
+
+        A score threshold also moves the box head's own cut, which would
+        otherwise hide every detection below it from the fusion.
+        """
+        fusion = replace(self.config.fusion, **thresholds)
+        roi = self.config.roi
+        if "score_threshold" in thresholds:
+            roi = replace(roi, score_threshold=fusion.score_threshold)
+        self.config = replace(self.config, fusion=fusion, roi=roi)
+        if self.model is not None:
+            self.model.instance_head.config = self.config
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> PanopticResult | list[PanopticResult]:
         """One HxWx3 uint8 image gives one result; a list gives a list.
@@ -159,13 +169,21 @@ class Predictor:
         """Fusion at network resolution, then the maps at the input size."""
         logits = logits[:, : size[0], : size[1]].float()
         detections = {k: v.float() if v.is_floating_point() else v for k, v in detections.items()}
-        out = panoptic_fusion(logits, detections, self.config)
+        out = panoptic_fusion(logits, detections, self._fusion_config(size, out_size))
         semantic, instance, scores, class_ids = out.semantic, out.instance, out.scores, out.class_ids
         if size != out_size:
             semantic = _resize_nearest(semantic, out_size)
             instance, kept = _drop_vanished(_resize_nearest(instance, out_size), len(scores))
             scores, class_ids = scores[kept], class_ids[kept]
         return semantic, instance, segment_boxes(instance, len(scores)), scores, class_ids
+
+    def _fusion_config(self, size: tuple[int, int], out_size: tuple[int, int]) -> EfficientPSConfig:
+        """min_stuff_area counts input pixels, also when the network sees another size."""
+        if size == out_size:
+            return self.config
+        fusion = self.config.fusion
+        area = round(fusion.min_stuff_area * size[0] * size[1] / (out_size[0] * out_size[1]))
+        return replace(self.config, fusion=replace(fusion, min_stuff_area=area))
 
     def _to_result(
         self, semantic: Tensor, instance: Tensor, boxes: Tensor, scores: Tensor, class_ids: Tensor

@@ -90,10 +90,17 @@ def test_input_size_resizes_for_the_network_and_back(checkpoint):
     _check_consistent(result, predictor.config, (150, 300))
 
 
-def test_fusion_thresholds_change_the_output(checkpoint):
-    predictor = Predictor(checkpoint=checkpoint, device="cpu")
+def test_score_threshold_reaches_the_box_head_both_ways(tmp_path):
+    torch.manual_seed(0)
+    config = load_config("small")  # the box head cuts at 0.5, as the authors' config does
+    path = save_checkpoint(build_model(config), config, tmp_path / "plain.safetensors")
+    predictor = Predictor(checkpoint=path, device="cpu")
     image = street_scene(128, 256, seed=1).image
-    assert len(predictor.predict(image).instances) > 0
+    # Untrained scores sit near 1/9: nothing passes 0.5, much passes 0.05.
+    assert predictor.predict(image).instances == []
+    predictor.set_fusion(score_threshold=0.05)
+    lowered = predictor.predict(image).instances
+    assert len(lowered) > 0 and min(i.score for i in lowered) < 0.5
     predictor.set_fusion(score_threshold=0.999)
     assert predictor.predict(image).instances == []
 
@@ -168,3 +175,15 @@ def test_segment_boxes_enclose_each_id():
     instance[5, 7] = 2
     boxes = segment_boxes(instance, 2)
     assert boxes.tolist() == [[2, 1, 5, 3], [7, 5, 8, 6]]
+
+
+def test_min_stuff_area_counts_input_pixels_when_the_network_sees_half_the_size(checkpoint):
+    predictor = Predictor(checkpoint=checkpoint, device="cpu", input_size=(64, 128))
+    predictor.set_fusion(min_stuff_area=400)
+    assert predictor._fusion_config((64, 128), (128, 256)).fusion.min_stuff_area == 100
+    assert predictor._fusion_config((64, 128), (64, 128)).fusion.min_stuff_area == 400
+    result = predictor.predict(street_scene(128, 256, seed=7).image)
+    stuff = (result.instance == 0) & (result.semantic != 255)
+    for train_id in np.unique(result.semantic[stuff]):
+        # Nearest upsampling by 2 turns every network pixel into 4 input pixels.
+        assert (result.semantic == train_id).sum() >= 400
