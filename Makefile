@@ -38,11 +38,11 @@ export AMENT_PREFIX_PATH := $(abspath $(VENV))
 # Run a command in a private network namespace with only loopback, so that DDS
 # discovery and data never leave this machine. Where user namespaces are not
 # available, ROS discovery is limited to localhost instead.
-ifeq ($(shell unshare -rn true 2>/dev/null && echo yes),yes)
+ifeq ($(shell unshare -rn sh -c 'ip link set lo up' 2>/dev/null && echo yes),yes)
 SANDBOX := unshare -rn sh -c 'ip link set lo up && ip link set lo multicast on && exec "$$@"' sandbox
 else
 SANDBOX := env ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-$(warning no user namespaces here: ROS traffic is limited to localhost discovery instead of a private namespace)
+$(warning no private network namespace here (needs user namespaces and iproute2's ip): ROS discovery is limited to localhost instead)
 endif
 
 STAMP_DEPS    := $(VENV)/.stamp-deps
@@ -56,7 +56,8 @@ setup: $(STAMP_PACKAGE)
 
 $(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else "Python 3.10 to 3.12 is needed, found %d.%d" % v)'
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { echo "cannot create $(VENV): on Debian/Ubuntu, apt install python3-venv" >&2; exit 1; }
+	$(PIP) install -q --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP)
 
 $(STAMP_DEPS): Makefile | $(VENV)/bin/python
 	$(PIP) install -q $(ROS_PACKAGES) $(ROSIDL_PACKAGES) $(ML_PACKAGES) $(TEST_PACKAGES) 2>&1 | $(QUIET_PIP)

@@ -23,7 +23,7 @@ IMAGE_TOPICS = ("semantic", "instance", "panoptic", "overlay")
 
 
 def _start_node(log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "efficientps_ros.ros.node", "--ros-args", "-p", f"image_topics:=['{CAMERA}']"]
     log = log_path.open("w")
     # Same process group as the demo: whoever stops the demo stops the node too.
@@ -87,6 +87,8 @@ def run_demo(frames: int = 20, out: Path = Path("outputs/demo"), height: int = 3
     from .ros.image_codec import array_to_image
 
     out.mkdir(parents=True, exist_ok=True)
+    # This process and the node must share the transport, or they do not talk.
+    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
     node_process = _start_node(out / "node.log")
     rclpy.init()
     demo = rclpy.create_node("efficientps_demo_camera")

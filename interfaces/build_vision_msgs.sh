@@ -16,6 +16,13 @@ if [[ $# -ne 1 || ! -x "$1/bin/python" ]]; then
 fi
 
 venv="$(cd "$1" && pwd)"
+
+# The generated type support is C and C++ with a Python extension.
+for tool in cc c++; do
+  command -v "$tool" >/dev/null || { echo "building vision_msgs needs $tool (Debian/Ubuntu: apt install build-essential)" >&2; exit 1; }
+done
+"$venv/bin/python" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || { echo "building vision_msgs needs the Python headers (Debian/Ubuntu: apt install python3-dev)" >&2; exit 1; }
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 build="$root/build/vision_msgs"

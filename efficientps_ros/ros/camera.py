@@ -14,7 +14,7 @@ from ..model.config import ClassInfo
 from ..result import PanopticResult
 from ..visualize import PanopticPainter
 from . import messages
-from .params import NodeSettings
+from .params import NodeSettings, output_prefix
 
 # Reliable keep-last-1 reaches rviz2's default subscriptions and never queues old frames.
 OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
@@ -26,14 +26,6 @@ LABEL_INFO_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
 )
 IMAGE_OUTPUTS = ("semantic", "instance", "panoptic", "overlay")
-
-
-def output_prefix(image_topic: str, output_namespace: str) -> str:
-    """'/camera/image_raw' -> '/camera/efficientps': the outputs sit beside the input."""
-    parent, slash, _ = image_topic.rpartition("/")
-    if not slash:
-        return output_namespace
-    return f"{parent}/{output_namespace}"
 
 
 def input_topic(image_topic: str, transport: str) -> str:

@@ -5,6 +5,7 @@ into rates, latency percentiles and levels about once a second.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -53,10 +54,13 @@ class CameraStats:
         with self._lock:
             self._errors += 1
             self._last_error = problem
-            last = self._last_logged.get(problem)
+            # Problems that differ only in their numbers (byte counts, sizes)
+            # are one kind, and the table of kinds stays small.
+            kind = re.sub(r"\d+", "N", problem)
+            last = self._last_logged.get(kind)
             if last is not None and now - last < self._throttle_s:
                 return False
-            self._last_logged[problem] = now
+            self._last_logged[kind] = now
             return True
 
     def snapshot(self) -> CameraSnapshot:

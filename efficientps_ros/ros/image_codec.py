@@ -256,11 +256,18 @@ def _pil_to_rgb8(image: PILImage.Image) -> np.ndarray:
     return np.array(image.convert("RGB"))
 
 
-def compressed_to_rgb8(msg: CompressedImage) -> np.ndarray:
-    """Decode a jpeg or png CompressedImage to an HxWx3 uint8 RGB array."""
+def compressed_to_rgb8(msg: CompressedImage, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Decode a jpeg or png CompressedImage to an HxWx3 uint8 RGB array.
+
+    With `max_pixels`, a larger image is refused from its header, before its
+    pixels are decoded into memory.
+    """
     codec = _compressed_codec(msg.format)
     try:
         with PILImage.open(io.BytesIO(msg.data), formats=[codec]) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ValueError(f"image of {width}x{height} exceeds max_image_pixels ({max_pixels})")
             image.load()
             return _pil_to_rgb8(image)
     except _DECODE_ERRORS as error:

@@ -261,7 +261,11 @@ def _run(node: EfficientPSNode) -> None:
 def main(args: list[str] | None = None) -> int:
     """Entry point of `efficientps_node`."""
     keep_freed_memory()
-    rclpy.init(args=args)
+    try:
+        rclpy.init(args=args)
+    except RuntimeError as exc:  # rcl's own error for bad --ros-args, e.g. an unreadable params file
+        print(f"efficientps_node: cannot start: {exc}", file=sys.stderr)
+        return 2
     try:
         node = EfficientPSNode()
     except ParameterError as exc:

@@ -22,6 +22,14 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _NAME_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")
 
 
+def output_prefix(image_topic: str, output_namespace: str) -> str:
+    """'/camera/image_raw' -> '/camera/efficientps': the outputs sit beside the input."""
+    parent, slash, _ = image_topic.rpartition("/")
+    if not slash:
+        return output_namespace
+    return f"{parent}/{output_namespace}"
+
+
 class ParameterError(ValueError):
     """A parameter value that the node refuses; the message names it and what is allowed."""
 
@@ -74,8 +82,8 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("inference_width", 0, "Network input width; 0 with inference_height 0 keeps the native size.",
               bounds=(0, 8192)),
     ParamSpec("score_threshold", 0.5, "Minimum detection score of a thing instance.", bounds=(0.0, 1.0), live=True),
-    ParamSpec("overlap_threshold", 0.5, "Fraction of an instance's mask that must stay visible after "
-              "overlaps for it to be kept.", bounds=(0.0, 1.0), live=True),
+    ParamSpec("overlap_threshold", 0.5, "An instance is dropped when more than this fraction of its mask "
+              "is covered by higher-scoring instances.", bounds=(0.0, 1.0), live=True),
     ParamSpec("min_stuff_area", 2048, "Stuff regions smaller than this many pixels become void.",
               bounds=(0, 1 << 24), live=True),
     *(ParamSpec(f"publish.{name}", True, f"Publish the {name} output.", live=True) for name in OUTPUTS),
@@ -187,7 +195,20 @@ class NodeSettings:
             fields[spec.field] = _converted(spec, value)
         settings = cls(**fields)
         settings.inference_size  # noqa: B018 - raises on a half-set size
+        settings._check_output_prefixes()
         return settings
+
+    def _check_output_prefixes(self) -> None:
+        """Two cameras beside each other would publish onto the same output topics."""
+        seen: dict[str, str] = {}
+        for topic in self.image_topics:
+            prefix = output_prefix(topic, self.output_namespace)
+            if prefix in seen:
+                raise ParameterError(
+                    f"parameter image_topics: {seen[prefix]} and {topic} would both publish under {prefix}/; "
+                    "allowed: topics in different namespaces (e.g. /front/image_raw, /rear/image_raw)"
+                )
+            seen[prefix] = topic
 
     def with_values(self, values: Mapping[str, Any]) -> "NodeSettings":
         """A copy with some parameters changed; values must already be checked."""

@@ -25,7 +25,7 @@ def decode(message: Any, transport: str, max_pixels: int) -> np.ndarray:
     if transport == "raw" and message.width * message.height > max_pixels:
         raise ValueError(f"image of {message.width}x{message.height} exceeds max_image_pixels ({max_pixels})")
     try:
-        rgb = compressed_to_rgb8(message) if transport == "compressed" else to_rgb8(message)
+        rgb = compressed_to_rgb8(message, max_pixels) if transport == "compressed" else to_rgb8(message)
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for corrupt data

@@ -19,6 +19,14 @@ def test_the_same_problem_is_logged_once_per_throttle_period():
     assert snapshot.errors == 4 and snapshot.last_error == "bad encoding"
 
 
+def test_problems_differing_only_in_numbers_share_one_throttle():
+    stats = CameraStats(throttle_s=5.0)
+    assert stats.record_error("bad input: data is 3000 bytes, expected 6291456", now=10.0)
+    assert not stats.record_error("bad input: data is 4100 bytes, expected 6291456", now=11.0)
+    assert stats.record_error("bad input: unsupported encoding 'yuv9'", now=11.0)
+    assert stats.snapshot().errors == 3
+
+
 def test_rates_come_from_the_counters_since_the_last_report():
     reporter = DiagnosticsReporter("efficientps", "cpu")
     stats = CameraStats()

@@ -376,3 +376,14 @@ def test_rgb8_to_compressed_validates() -> None:
         rgb8_to_compressed(np.zeros((2, 2, 3), np.uint8), "bmp")
     with pytest.raises(ValueError, match="rgb8 needs an HxWx3 array"):
         rgb8_to_compressed(np.zeros((2, 2), np.uint8), "png")
+
+
+def test_a_compressed_image_over_the_pixel_limit_is_refused_before_decoding(monkeypatch):
+    msg = rgb8_to_compressed(np.zeros((40, 50, 3), np.uint8), "png")
+    decoded = []
+    original_load = PILImage.Image.load
+    monkeypatch.setattr(PILImage.Image, "load", lambda self: decoded.append(1) or original_load(self))
+    with pytest.raises(ValueError, match=r"image of 50x40 exceeds max_image_pixels \(1999\)"):
+        compressed_to_rgb8(msg, max_pixels=1999)
+    assert decoded == []
+    assert compressed_to_rgb8(msg, max_pixels=2000).shape == (40, 50, 3)

@@ -491,6 +491,17 @@ def test_an_invalid_parameter_at_start_is_refused_by_name(ros_processes, overrid
     assert "Traceback" not in result.stderr
 
 
+def test_an_unreadable_params_file_is_refused_in_one_line(ros_processes, tmp_path):
+    params = tmp_path / "broken.yaml"
+    params.write_text("efficientps:\n  ros__parameters:\n    device: [unclosed\n")
+    result = ros_processes.run(
+        module="efficientps_ros.ros.node", args=["--ros-args", "--params-file", str(params)], timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "efficientps_node: cannot start" in result.stderr and str(params) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_missing_checkpoint_fails_configure_with_its_name_and_the_node_stays_up(ros, ros_processes, tmp_path):
     missing = tmp_path / "nowhere" / "model.safetensors"
     child = ros_processes.start(

@@ -11,6 +11,7 @@ from efficientps_ros.ros.params import (
     check_change,
     check_value,
     descriptor,
+    output_prefix,
 )
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "config" / "efficientps.yaml"
@@ -114,3 +115,13 @@ def test_with_values_applies_live_changes():
     changed = settings.with_values({"score_threshold": 0.9, "publish.overlay": False})
     assert changed.score_threshold == 0.9 and not changed.publishes("overlay")
     assert settings.score_threshold == 0.5
+
+
+def test_cameras_that_would_share_output_topics_are_refused():
+    topics = ["/cam/image_raw", "/cam/image_rect"]
+    with pytest.raises(ParameterError, match="parameter image_topics: /cam/image_raw and /cam/image_rect would both "
+                                             "publish under /cam/efficientps/"):
+        NodeSettings.from_values({"image_topics": topics})
+    settings = NodeSettings.from_values({"image_topics": ["/front/image_raw", "/rear/image_raw"]})
+    assert [output_prefix(t, settings.output_namespace) for t in settings.image_topics] == [
+        "/front/efficientps", "/rear/efficientps"]
