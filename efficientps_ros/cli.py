@@ -30,10 +30,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .predictor import Predictor
-    from .visualize import colorize_panoptic, overlay
+    from .visualize import PanopticPainter
 
     predictor = Predictor(args.config or (None if args.checkpoint else "small"), args.checkpoint,
                           device=args.device, precision=args.precision)
+    painter = PanopticPainter(predictor.config.classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in args.images:
@@ -42,7 +43,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         stem = Path(path).stem
         Image.fromarray(result.semantic).save(out / f"{stem}_semantic.png")
         Image.fromarray(result.instance).save(out / f"{stem}_instance.png")
-        Image.fromarray(overlay(image, colorize_panoptic(result, predictor.config))).save(out / f"{stem}_overlay.png")
+        Image.fromarray(painter.overlay(image, result, 0.5)).save(out / f"{stem}_overlay.png")
         np.save(out / f"{stem}_panoptic.npy", result.panoptic)
         instances = [vars(i) for i in result.instances]
         (out / f"{stem}_instances.json").write_text(json.dumps(instances, indent=1))

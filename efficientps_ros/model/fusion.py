@@ -54,7 +54,7 @@ def panoptic_fusion(semantic_logits: Tensor, detections: dict[str, Tensor], conf
     """Fuse `semantic_logits` `[C, H, W]` with one image's detections, at that `H x W`.
 
     `detections` is what `InstanceHead` returns for one image, with boxes in
-    the pixels of `semantic_logits` (see `rescale_detections`).
+    the pixels of `semantic_logits`.
     """
     _check_inputs(semantic_logits, detections, config)
     fusion, num_stuff = config.fusion, config.num_stuff
@@ -197,15 +197,6 @@ def stuff_semantic(logits: Tensor, claimed: Tensor, num_stuff: int, min_area: in
     void = area < min_area
     void[num_stuff] = True
     return torch.where(void[stuff], VOID_TRAIN_ID, stuff)
-
-
-def rescale_detections(
-    detections: dict[str, Tensor], from_size: tuple[int, int], to_size: tuple[int, int]
-) -> dict[str, Tensor]:
-    """The same detections with boxes moved from an image of `from_size` to one of `to_size` (h, w)."""
-    scale_y, scale_x = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    boxes = detections["boxes"]
-    return {**detections, "boxes": boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])}
 
 
 def _check_inputs(semantic_logits: Tensor, detections: dict[str, Tensor], config: EfficientPSConfig) -> None:

@@ -7,7 +7,6 @@ are. `fold_norms` merges every norm into the conv before it for inference.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,27 +86,6 @@ class NormAct(nn.Module):
     def extra_repr(self) -> str:
         act = f"leaky_relu({self.slope})" if self.activation == "leaky_relu" else "identity"
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, activation={act}"
-
-
-def timm_norm_act_layer(eps: float, slope: float = 0.01) -> Callable[..., NormAct]:
-    """A `norm_layer` for timm's EfficientNet builder that makes `NormAct`s.
-
-    timm calls it as `layer(num_features, inplace=..., apply_act=..., device=..., dtype=...)`;
-    `apply_act=False` gives an identity activation.
-    """
-
-    def make(
-        num_features: int,
-        apply_act: bool = True,
-        inplace: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> NormAct:
-        del inplace  # NormAct decides for itself when to work in place
-        norm = NormAct(num_features, eps=eps, activation="leaky_relu" if apply_act else "identity", slope=slope)
-        return norm.to(device=device, dtype=dtype)
-
-    return make
 
 
 def _pair(value: IntOrPair, name: str) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from .boxes import assign_boxes, box_iou_inclusive, clip_boxes, decode_boxes, encode_boxes, nms_inclusive, sample_boxes
+from .boxes import assign_boxes, box_iou_inclusive, decode_boxes, encode_boxes, nms_inclusive, sample_boxes
 from .config import RoIConfig
 from .norm import SeparableConv
 

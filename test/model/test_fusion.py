@@ -9,7 +9,6 @@ from efficientps_ros.model.fusion import (
     fuse_logits,
     panoptic_fusion,
     paste_masks,
-    rescale_detections,
     select_detections,
 )
 
@@ -193,14 +192,6 @@ def test_outputs_have_the_documented_types():
     assert out.semantic.dtype == torch.int64 and out.instance.dtype == torch.int64
     assert out.semantic.shape == out.instance.shape == (SIZE, SIZE)
     assert out.boxes.shape == (1, 4) and out.scores.shape == (1,) and out.class_ids.dtype == torch.int64
-
-
-def test_rescaled_detections_move_only_the_boxes():
-    detections = _detections([[10, 20, 30, 40]], [0.9], [1], [1.0])
-    scaled = rescale_detections(detections, (100, 200), (50, 400))
-    assert scaled["boxes"].tolist() == [[20, 10, 60, 20]]
-    assert scaled["mask_logits"] is detections["mask_logits"]
-    assert detections["boxes"].tolist() == [[10, 20, 30, 40]]
 
 
 def test_bad_inputs_are_named():

@@ -2,11 +2,10 @@ import copy
 import math
 
 import pytest
-import timm
 import torch
 from torch import nn
 
-from efficientps_ros.model.norm import ConvNormAct, NormAct, SeparableConv, fold_norms, timm_norm_act_layer
+from efficientps_ros.model.norm import ConvNormAct, NormAct, SeparableConv, fold_norms
 
 
 def _one_channel_norm(activation: str = "leaky_relu") -> NormAct:
@@ -73,21 +72,7 @@ def test_unknown_activation_is_refused_by_name():
         NormAct(3, activation="relu")
 
 
-def test_usable_as_timms_norm_layer():
-    net = timm.create_model("efficientnet_b0", pretrained=False, num_classes=0, norm_layer=timm_norm_act_layer(1e-3))
-    norms = [m for m in net.modules() if isinstance(m, NormAct)]
-    assert norms and not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
-    assert {n.eps for n in norms} == {1e-3}
-    # timm asks for a linear norm with apply_act=False: after the projection conv.
-    assert net.blocks[1][0].bn3.activation == "identity"
-    assert net.blocks[1][0].bn2.activation == "leaky_relu"
-    assert net.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 1280)
 
-
-@pytest.mark.parametrize(
-    ("kernel", "dilation", "padding"),
-    [(1, 1, (0, 0)), (3, 1, (1, 1)), (3, (2, 3), (2, 3)), (5, 2, (4, 4)), (3, (6, 21), (6, 21))],
-)
 def test_conv_norm_act_pads_symmetrically_for_its_dilation(kernel, dilation, padding):
     block = ConvNormAct(4, 6, kernel, dilation=dilation)
     assert block.conv.padding == padding
