@@ -72,7 +72,10 @@ def test_unknown_activation_is_refused_by_name():
         NormAct(3, activation="relu")
 
 
-
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "padding"),
+    [(1, 1, (0, 0)), (3, 1, (1, 1)), (3, (2, 3), (2, 3)), (5, 2, (4, 4)), (3, (6, 21), (6, 21))],
+)
 def test_conv_norm_act_pads_symmetrically_for_its_dilation(kernel, dilation, padding):
     block = ConvNormAct(4, 6, kernel, dilation=dilation)
     assert block.conv.padding == padding
