@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="outputs/demo")
     demo.set_defaults(func=cmd_demo)
 
+    # Listed for --help; main() hands its arguments to the training module's own parser.
+    sub.add_parser("train", help="train on synthetic street scenes (efficientps train --help)")
+
     bench = sub.add_parser("bench", help="model latency and throughput")
     _add_model_args(bench)
     bench.add_argument("--sizes", default="512x1024,1024x2048")
@@ -107,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from .train import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

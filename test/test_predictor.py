@@ -6,9 +6,9 @@ import torch
 
 from efficientps_ros.data.synthetic import street_scene
 from efficientps_ros.model import build_model
-from efficientps_ros.model.checkpoint import CheckpointError, save_checkpoint
+from efficientps_ros.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from efficientps_ros.model.config import VOID_TRAIN_ID, load_config
-from efficientps_ros.predictor import Predictor, resolve_device, segment_boxes
+from efficientps_ros.predictor import Predictor, default_checkpoint, resolve_device, segment_boxes
 
 
 def _permissive_small():
@@ -128,7 +128,18 @@ def test_missing_and_corrupt_checkpoints_are_named(tmp_path):
         Predictor("small", checkpoint=corrupt, device="cpu")
 
 
-def test_without_weights_it_warns_that_they_are_random(caplog):
+def test_the_packaged_weights_are_used_by_default(caplog):
+    shipped = default_checkpoint(load_config("small"))
+    assert shipped is not None and shipped.name == "small_synthetic.safetensors"
+    predictor = Predictor("small", device="cpu")
+    assert predictor.uses_default_weights and "RANDOM" not in caplog.text
+    state, _ = load_checkpoint(shipped)
+    weight = predictor.model.semantic_head.conv_logits.weight
+    torch.testing.assert_close(weight, state["semantic_head.conv_logits.weight"].float())
+
+
+def test_without_packaged_weights_it_warns_that_they_are_random(caplog, monkeypatch, tmp_path):
+    monkeypatch.setattr("efficientps_ros.predictor.WEIGHTS_DIR", tmp_path)
     predictor = Predictor("small", device="cpu")
     assert predictor.uses_default_weights
     assert "RANDOM weights" in caplog.text

@@ -24,12 +24,21 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or does not fit the model."""
 
 
-def save_checkpoint(model: nn.Module, config: EfficientPSConfig, path: str | Path) -> Path:
-    """Write the model's state dict and its config to one safetensors file."""
+def save_checkpoint(
+    model: nn.Module, config: EfficientPSConfig, path: str | Path, dtype: torch.dtype | None = None
+) -> Path:
+    """Write the model's state dict and its config to one safetensors file.
+
+    `dtype` stores floating-point tensors in that type (fp16 halves the file);
+    loading casts them back to the model's own.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share storage or are not contiguous.
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().clone()
+        for k, v in model.state_dict().items()
+    }
     metadata = {"format": FORMAT, "config": json.dumps(config.to_dict())}
     save_file(tensors, str(path), metadata=metadata)
     return path

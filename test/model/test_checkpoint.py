@@ -86,3 +86,18 @@ def test_mismatch_lists_missing_unexpected_and_reshaped_by_name(tmp_path):
     assert "1 missing: fpn_convs.0.conv.weight" in message
     assert "1 unexpected: extra.weight" in message
     assert "lateral_convs_top.1.conv.weight (16, 15, 1, 1) != (16, 16, 1, 1)" in message
+
+
+def test_fp16_storage_halves_floats_and_loads_into_the_fp32_model(tmp_path):
+    module = _module()
+    path = save_checkpoint(module, load_config("small"), tmp_path / "half.safetensors", dtype=torch.float16)
+    state, _ = load_checkpoint(path)
+    original = module.state_dict()
+    for key, value in state.items():
+        expected = torch.float16 if original[key].is_floating_point() else original[key].dtype
+        assert value.dtype == expected, key
+    other = _module(seed=1)
+    load_weights(other, state, path)
+    for key, value in other.state_dict().items():
+        assert value.dtype == original[key].dtype
+        torch.testing.assert_close(value, original[key], rtol=1e-3, atol=1e-3)

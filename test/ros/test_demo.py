@@ -18,6 +18,8 @@ def test_demo_receives_every_output_and_writes_the_last_frame(ros_processes, tmp
         assert line, f"no report line for {topic}:\n{result.stdout}"
         assert int(line.group(1)) >= 1 and line.group(2) == "True"
     assert re.search(r"label_info\s+20 classes", result.stdout), result.stdout
-    assert Image.open(out / "input_and_overlay.png").size == (512, 128)
+    counts = re.search(r"instances per frame: \[([\d, ]+)\]", result.stdout)
+    assert counts and sum(int(c) for c in counts.group(1).split(",")) > 0, result.stdout
+    assert Image.open(out / "input_overlay_instances.png").size == (768, 128)
     assert Image.open(out / "semantic.png").size == (256, 128)
     assert Image.open(out / "instance.png").size == (256, 128)
