@@ -1,8 +1,8 @@
 """Model latency: the predictor's variants against the plain eager network.
 
-Every number comes from the same run on the same machine: the baseline is the
-unfolded fp32 network called directly, and each variant prints its ratio to
-it. Timings on a noisy machine vary; ratios within one run are what compare.
+Every number comes from the same run on the same machine, on the same
+synthetic street scene and weights: the baseline is the unfolded fp32 network
+called directly, and each variant prints its ratio to it. Timings on a noisy machine vary; ratios within one run are what compare.
 """
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import time
 import numpy as np
 import torch
 
+from .data.synthetic import street_scene
 from .model import build_model, load_config
-from .predictor import Predictor, resolve_device
+from .model.checkpoint import load_checkpoint, load_weights
+from .predictor import Predictor, default_checkpoint, resolve_device
 
 
 def _parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -38,11 +40,20 @@ def _time(fn, iterations: int, device: torch.device) -> list[float]:
     return samples
 
 
-def _baseline(config, device: torch.device, size: tuple[int, int]):
-    """The network as built for training, in eval mode, norms unfolded."""
-    model = build_model(config).eval().to(device)
+def _baseline(config, checkpoint: str | None, device: torch.device, image: np.ndarray):
+    """The network as built for training, in eval mode, norms unfolded, same weights and image."""
+    model = build_model(config)
+    source = checkpoint or default_checkpoint(config)
+    if source is not None:
+        state, _ = load_checkpoint(source)
+        load_weights(model, state, source)
+    model = model.eval().to(device)
+    size = image.shape[:2]
     pad = [-s % config.size_divisor for s in size]
-    images = torch.randn(1, 3, size[0] + pad[0], size[1] + pad[1], device=device)
+    pixels = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float()
+    mean = torch.tensor(config.pixel_mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(config.pixel_std, device=device).view(1, 3, 1, 1)
+    images = torch.nn.functional.pad((pixels - mean) / std, (0, pad[1], 0, pad[0]))
 
     @torch.inference_mode()
     def run():
@@ -64,8 +75,8 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"model {config.name} on {device} ({torch.get_num_threads()} CPU threads), "
           f"{args.iterations} iterations after one warm-up; ms median / p95")
     for size in _parse_sizes(args.sizes):
-        image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-        base = _time(_baseline(config, device, size), args.iterations, device)
+        image = street_scene(*size, seed=0).image
+        base = _time(_baseline(config, args.checkpoint, device, image), args.iterations, device)
         _report(size, "network only, unfolded fp32 (baseline)", base, statistics.median(base))
         for precision in _variants(args, device):
             predictor = Predictor(config, args.checkpoint, device=str(device), precision=precision)

@@ -43,10 +43,13 @@ def _threads():
     torch.set_num_threads(2)
 
 
-@pytest.mark.parametrize("size", [(512, 1024), (1024, 2048), (375, 1242)])
-def test_training_step_gives_every_loss_with_gradients(size):
+@pytest.mark.parametrize(
+    "name, size",
+    [("small", (512, 1024)), ("small", (1024, 2048)), ("small", (375, 1242)), ("b5_cityscapes", (512, 1024))],
+)
+def test_training_step_gives_every_loss_with_gradients(name, size):
     torch.manual_seed(0)
-    model = build_model(load_config("small")).train()
+    model = build_model(load_config(name)).train()
     images = torch.randn(1, 3, *_padded(size))
     losses = model(images, [size], [_targets(size, seed=sum(size))])
     assert set(losses) == LOSSES
@@ -57,7 +60,10 @@ def test_training_step_gives_every_loss_with_gradients(size):
     assert model.instance_head.mask_head.conv_logits.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name, size", [("small", (1024, 2048)), ("small", (375, 1242)), ("b5_cityscapes", (512, 1024))])
+@pytest.mark.parametrize(
+    "name, size",
+    [("small", (1024, 2048)), ("small", (375, 1242)), ("b5_cityscapes", (512, 1024)), ("b5_cityscapes", (375, 1242))],
+)
 def test_inference_outputs(name, size):
     torch.manual_seed(0)
     config = load_config(name)
