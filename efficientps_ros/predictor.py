@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model import build_model
+from .model.boxes import segment_boxes
 from .model.checkpoint import CheckpointError, load_checkpoint, load_weights
 from .model.config import VOID_TRAIN_ID, EfficientPSConfig, load_config
 from .model.fusion import panoptic_fusion
@@ -253,24 +254,6 @@ def _group_by_size(images: list[np.ndarray]) -> list[list[int]]:
     return list(groups.values())
 
 
-def segment_boxes(instance: Tensor, count: int) -> Tensor:
-    """[count, 4] x0, y0, x1, y1 enclosing the pixels of ids 1..count (edges exclusive).
-
-    The fusion lets an instance claim pixels beyond its detection box, so the
-    published box is the one around what the instance image shows.
-    """
-    height, width = instance.shape
-    ids = instance.flatten().long()
-    xs = torch.arange(width, device=instance.device).repeat(height)
-    ys = torch.arange(height, device=instance.device).repeat_interleave(width)
-    boxes = []
-    for coords, reduce, fill in ((xs, "amin", width), (ys, "amin", height), (xs, "amax", -1), (ys, "amax", -1)):
-        extreme = torch.full((count + 1,), fill, device=instance.device, dtype=torch.long)
-        boxes.append(extreme.scatter_reduce(0, ids, coords, reduce)[1:])
-    x0, y0, x1, y1 = boxes
-    return torch.stack([x0, y0, x1 + 1, y1 + 1], dim=1).float()
-
-
 def _drop_vanished(instance: Tensor, count: int) -> tuple[Tensor, Tensor]:
     """Renumber ids densely after resizing made some instances lose every pixel."""
     present = torch.zeros(count + 1, dtype=torch.bool, device=instance.device)
@@ -285,4 +268,4 @@ def _resize_nearest(labels: Tensor, size: tuple[int, int]) -> Tensor:
     return resized[0, 0].to(labels.dtype)
 
 
-__all__ = ["CheckpointError", "Predictor", "PanopticResult", "Instance", "default_checkpoint", "segment_boxes"]
+__all__ = ["CheckpointError", "Predictor", "PanopticResult", "Instance", "default_checkpoint"]

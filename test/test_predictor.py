@@ -8,7 +8,7 @@ from efficientps_ros.data.synthetic import street_scene
 from efficientps_ros.model import build_model
 from efficientps_ros.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from efficientps_ros.model.config import VOID_TRAIN_ID, load_config
-from efficientps_ros.predictor import Predictor, default_checkpoint, resolve_device, segment_boxes
+from efficientps_ros.predictor import Predictor, default_checkpoint, resolve_device
 
 
 def _permissive_small():
@@ -178,14 +178,6 @@ def test_auto_device_and_cuda_without_a_gpu():
 def test_bad_images_are_refused(predictor, image, message):
     with pytest.raises(ValueError, match=message):
         predictor.predict(image)
-
-
-def test_segment_boxes_enclose_each_id():
-    instance = torch.zeros(6, 8, dtype=torch.long)
-    instance[1:3, 2:5] = 1
-    instance[5, 7] = 2
-    boxes = segment_boxes(instance, 2)
-    assert boxes.tolist() == [[2, 1, 5, 3], [7, 5, 8, 6]]
 
 
 def test_min_stuff_area_counts_input_pixels_when_the_network_sees_half_the_size(checkpoint):

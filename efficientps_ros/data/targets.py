@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..model.boxes import segment_boxes
 from ..model.config import VOID_TRAIN_ID, EfficientPSConfig
 from .synthetic import Scene
 
@@ -39,12 +40,11 @@ def instance_boxes(instance: np.ndarray, count: int) -> np.ndarray:
 
     An id without pixels gets the box [0, 0, -1, -1] (empty).
     """
-    boxes = np.tile(np.array([0, 0, -1, -1], np.float32), (count, 1))
-    for k in range(1, count + 1):
-        rows, cols = np.nonzero(instance == k)
-        if rows.size:
-            boxes[k - 1] = (cols.min(), rows.min(), cols.max(), rows.max())
-    return boxes
+    boxes = segment_boxes(torch.from_numpy(instance.astype(np.int64)), count)
+    # segment_boxes' far edges are exclusive; the network's are the last pixel.
+    boxes[:, 2:] -= 1
+    boxes[boxes[:, 2] < 0] = torch.tensor([0.0, 0.0, -1.0, -1.0])
+    return boxes.numpy()
 
 
 def make_target(

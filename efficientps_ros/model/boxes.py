@@ -135,3 +135,21 @@ def sample_boxes(
     positives = [torch.nonzero(m, as_tuple=False).flatten() for m in positive_masks]
     negatives = [torch.nonzero(m, as_tuple=False).flatten() for m in negative_masks]
     return positives, negatives
+
+
+def segment_boxes(instance: Tensor, count: int) -> Tensor:
+    """[count, 4] x0, y0, x1, y1 enclosing the pixels of ids 1..count (edges exclusive).
+
+    The fusion lets an instance claim pixels beyond its detection box, so the
+    published box is the one around what the instance image shows.
+    """
+    height, width = instance.shape
+    ids = instance.flatten().long()
+    xs = torch.arange(width, device=instance.device).repeat(height)
+    ys = torch.arange(height, device=instance.device).repeat_interleave(width)
+    boxes = []
+    for coords, reduce, fill in ((xs, "amin", width), (ys, "amin", height), (xs, "amax", -1), (ys, "amax", -1)):
+        extreme = torch.full((count + 1,), fill, device=instance.device, dtype=torch.long)
+        boxes.append(extreme.scatter_reduce(0, ids, coords, reduce)[1:])
+    x0, y0, x1, y1 = boxes
+    return torch.stack([x0, y0, x1 + 1, y1 + 1], dim=1).float()

@@ -12,6 +12,7 @@ from efficientps_ros.model.boxes import (
     encode_boxes,
     nms_inclusive,
     sample_boxes,
+    segment_boxes,
 )
 
 RCNN_STDS = (0.1, 0.1, 0.2, 0.2)
@@ -110,3 +111,11 @@ def test_sampling_respects_budget_and_sets():
     few[0] = 1
     (positives,), (negatives,) = sample_boxes([few], batch_size_per_image=16, positive_fraction=0.5)
     assert positives.tolist() == [0] and negatives.numel() == 15
+
+
+def test_segment_boxes_enclose_each_id():
+    instance = torch.zeros(6, 8, dtype=torch.long)
+    instance[1:3, 2:5] = 1
+    instance[5, 7] = 2
+    boxes = segment_boxes(instance, 2)
+    assert boxes.tolist() == [[2, 1, 5, 3], [7, 5, 8, 6]]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from efficientps_ros.data.synthetic import street_scene
+from efficientps_ros.data.targets import scene_target
 from efficientps_ros.model import build_model, load_config
 from efficientps_ros.model.efficientps import parameter_counts
 
@@ -17,25 +18,7 @@ def _padded(size, divisor=32):
 
 def _targets(size, seed):
     """Ground truth of a synthetic street scene, padded like the network input."""
-    scene = street_scene(*size, seed=seed)
-    padded = _padded(size)
-    semantic = torch.full(padded, 255, dtype=torch.long)
-    semantic[: size[0], : size[1]] = torch.from_numpy(scene.semantic.astype("int64"))
-    instance = torch.from_numpy(scene.instance.astype("int64"))
-    masks, boxes = [], []
-    for k in range(1, len(scene.instance_classes) + 1):
-        mask = torch.zeros(padded, dtype=torch.uint8)
-        mask[: size[0], : size[1]] = instance == k
-        rows, cols = torch.nonzero(mask, as_tuple=True)
-        masks.append(mask)
-        boxes.append([cols.min(), rows.min(), cols.max(), rows.max()])
-    labels = [c - 11 for c in scene.instance_classes]
-    return {
-        "semantic": semantic,
-        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "masks": torch.stack(masks) if masks else torch.zeros((0, *padded), dtype=torch.uint8),
-    }
+    return scene_target(street_scene(*size, seed=seed), load_config("small"), _padded(size))
 
 
 @pytest.fixture(autouse=True)
