@@ -20,7 +20,7 @@ from .model import build_model
 from .model.boxes import segment_boxes
 from .model.checkpoint import CheckpointError, load_checkpoint, load_weights
 from .model.config import VOID_TRAIN_ID, EfficientPSConfig, load_config
-from .model.fusion import panoptic_fusion
+from .model.fusion import dense_ids, panoptic_fusion
 from .model.norm import fold_norms
 from .result import Instance, PanopticResult
 
@@ -174,8 +174,9 @@ class Predictor:
         semantic, instance, scores, class_ids = out.semantic, out.instance, out.scores, out.class_ids
         if size != out_size:
             semantic = _resize_nearest(semantic, out_size)
-            instance, kept = _drop_vanished(_resize_nearest(instance, out_size), len(scores))
-            scores, class_ids = scores[kept], class_ids[kept]
+            # Shrinking can take every pixel from a small instance; ids stay dense.
+            instance, present = dense_ids(_resize_nearest(instance, out_size), len(scores))
+            scores, class_ids = scores[present], class_ids[present]
         return semantic, instance, segment_boxes(instance, len(scores)), scores, class_ids
 
     def _fusion_config(self, size: tuple[int, int], out_size: tuple[int, int]) -> EfficientPSConfig:
@@ -252,15 +253,6 @@ def _group_by_size(images: list[np.ndarray]) -> list[list[int]]:
     for index, image in enumerate(images):
         groups.setdefault(image.shape[:2], []).append(index)
     return list(groups.values())
-
-
-def _drop_vanished(instance: Tensor, count: int) -> tuple[Tensor, Tensor]:
-    """Renumber ids densely after resizing made some instances lose every pixel."""
-    present = torch.zeros(count + 1, dtype=torch.bool, device=instance.device)
-    present[instance.flatten().long()] = True
-    present[0] = True
-    new_ids = torch.cumsum(present.long(), 0) - 1
-    return new_ids[instance.long()].to(instance.dtype), present[1:].nonzero().flatten()
 
 
 def _resize_nearest(labels: Tensor, size: tuple[int, int]) -> Tensor:

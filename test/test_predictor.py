@@ -83,8 +83,10 @@ def test_a_batch_equals_the_images_one_by_one(predictor):
         assert [i.class_id for i in together.instances] == [i.class_id for i in alone.instances]
 
 
-def test_input_size_resizes_for_the_network_and_back(checkpoint):
-    predictor = Predictor(checkpoint=checkpoint, device="cpu", input_size=(64, 128))
+@pytest.mark.parametrize("input_size", [(64, 128), (256, 480)])
+def test_input_size_resizes_for_the_network_and_back(checkpoint, input_size):
+    # Smaller than the image, the maps grow back; larger, they shrink and ids must stay dense.
+    predictor = Predictor(checkpoint=checkpoint, device="cpu", input_size=input_size)
     image = street_scene(150, 300, seed=5).image
     result = predictor.predict(image)
     _check_consistent(result, predictor.config, (150, 300))

@@ -71,7 +71,7 @@ def panoptic_fusion(semantic_logits: Tensor, detections: dict[str, Tensor], conf
     boxes, scores, labels, pasted = boxes[kept], scores[kept], labels[kept], pasted[kept]
 
     fused = fuse_logits(pasted, logits[num_stuff + labels], boxes, fusion.mask_logit_scale)
-    instance, present = _dense_ids(_winning_instance(logits[:num_stuff], fused), labels.numel())
+    instance, present = dense_ids(_winning_instance(logits[:num_stuff], fused), labels.numel())
     class_ids = num_stuff + labels[present]
 
     semantic = stuff_semantic(logits, instance > 0, num_stuff, fusion.min_stuff_area)
@@ -173,7 +173,7 @@ def _box_span(start: Tensor, end: Tensor, length: int) -> Tensor:
     return (pixels[None] >= first[:, None]) & (pixels[None] < stop[:, None])
 
 
-def _dense_ids(raw: Tensor, count: int) -> tuple[Tensor, Tensor]:
+def dense_ids(raw: Tensor, count: int) -> tuple[Tensor, Tensor]:
     """Instance ids renumbered `1..K'` over the instances that own pixels, in order.
 
     Returns the new `[H, W]` map and which of the `count` instances are present.
