@@ -15,15 +15,16 @@ import torch
 
 from .data.synthetic import street_scene
 from .model import build_model, load_config
-from .model.checkpoint import load_checkpoint, load_weights
+from .model.config import parse_size
+from .model.checkpoint import load_checkpoint, load_weights, read_config
 from .predictor import Predictor, default_checkpoint, resolve_device
 
 
 def _parse_sizes(text: str) -> list[tuple[int, int]]:
     try:
-        return [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--sizes {text!r}: expected HxW[,HxW...], e.g. 512x1024,1024x2048") from None
+        return [parse_size(item) for item in text.split(",")]
+    except ValueError as exc:
+        raise ValueError(f"--sizes {text!r}: {exc}") from None
 
 
 def _time(fn, iterations: int, device: torch.device) -> list[float]:
@@ -69,7 +70,11 @@ def _variants(args: argparse.Namespace, device: torch.device) -> list[str]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    config = load_config(args.config or "b5_cityscapes")
+    # A checkpoint alone brings its own config, as in the predictor.
+    if args.config is None and args.checkpoint is not None:
+        config = read_config(args.checkpoint)
+    else:
+        config = load_config(args.config or "b5_cityscapes")
     device = resolve_device(args.device)
     torch.manual_seed(0)
     print(f"model {config.name} on {device} ({torch.get_num_threads()} CPU threads), "

@@ -60,7 +60,7 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .ros.demo import run_demo
 
     return run_demo(frames=args.frames, out=Path(args.out), height=args.height, width=args.width)
 

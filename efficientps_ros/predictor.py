@@ -83,7 +83,8 @@ class Predictor:
         self._dtype = check_precision(precision, self.device)
         self.input_size = _check_input_size(input_size)
         self.config, state, source = _resolve_weights(config, checkpoint)
-        self.uses_default_weights = checkpoint is None
+        # The file the weights came from; "" when they are random.
+        self.weights_source = source
         model = build_model(self.config)
         if state is None:
             log.warning(

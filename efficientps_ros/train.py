@@ -30,7 +30,7 @@ from .data.targets import Batch, collate, normalize, padded_size
 from .metrics import ConfusionMatrix
 from .model import build_model
 from .model.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .model.config import EfficientPSConfig, load_config
+from .model.config import EfficientPSConfig, load_config, parse_size
 from .predictor import resolve_device
 
 log = logging.getLogger(__name__)
@@ -224,12 +224,9 @@ def _log_losses(step: int, steps: int, means: dict[str, float], scheduler, start
 
 def _size(text: str) -> tuple[int, int]:
     try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 256x512, got {text!r}") from None
-    if min(height, width) < 32:
-        raise argparse.ArgumentTypeError(f"image size {text!r}: both sides must be at least 32")
-    return height, width
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

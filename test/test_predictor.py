@@ -134,7 +134,7 @@ def test_the_packaged_weights_are_used_by_default(caplog):
     shipped = default_checkpoint(load_config("small"))
     assert shipped is not None and shipped.name == "small_synthetic.safetensors"
     predictor = Predictor("small", device="cpu")
-    assert predictor.uses_default_weights and "RANDOM" not in caplog.text
+    assert predictor.weights_source == str(shipped) and "RANDOM" not in caplog.text
     state, _ = load_checkpoint(shipped)
     weight = predictor.model.semantic_head.conv_logits.weight
     torch.testing.assert_close(weight, state["semantic_head.conv_logits.weight"].float())
@@ -143,7 +143,7 @@ def test_the_packaged_weights_are_used_by_default(caplog):
 def test_without_packaged_weights_it_warns_that_they_are_random(caplog, monkeypatch, tmp_path):
     monkeypatch.setattr("efficientps_ros.predictor.WEIGHTS_DIR", tmp_path)
     predictor = Predictor("small", device="cpu")
-    assert predictor.uses_default_weights
+    assert predictor.weights_source == ""
     assert "RANDOM weights" in caplog.text
 
 

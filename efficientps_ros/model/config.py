@@ -275,6 +275,17 @@ def small() -> EfficientPSConfig:
 PRESETS = {"b5_cityscapes": b5_cityscapes, "small": small}
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'HEIGHTxWIDTH' -> (height, width); both sides at least 32, the network's smallest."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"expected HEIGHTxWIDTH, e.g. 256x512, got {text!r}") from None
+    if min(height, width) < 32:
+        raise ValueError(f"image size {text!r}: both sides must be at least 32")
+    return height, width
+
+
 def load_config(name_or_path: str | Path) -> EfficientPSConfig:
     """A preset by name, or a YAML file (a full config, or `preset:` plus overrides)."""
     key = str(name_or_path)

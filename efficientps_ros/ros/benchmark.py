@@ -20,9 +20,9 @@ import numpy as np
 from ..model.config import load_config
 from ..result import Instance, PanopticResult
 from .memory import keep_freed_memory
+from .params import OUTPUTS
 
 PREFIX = "/benchmark/efficientps"
-OUTPUTS = ("semantic", "instance", "panoptic", "overlay", "detections")
 
 
 def synthetic_result(height: int, width: int, instances: int, seed: int = 0) -> PanopticResult:

@@ -20,7 +20,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from std_msgs.msg import Header
 
-from ..predictor import Predictor, default_checkpoint
+from ..predictor import Predictor
 from .camera import CameraOutputs, subscribe
 from .diagnostics import CameraStats, DiagnosticsReporter
 from .frame_slots import FrameSlots
@@ -83,7 +83,7 @@ def describe_weights(settings: NodeSettings, predictor: Predictor) -> tuple[str,
     """Where the weights came from, and the diagnostics level that deserves."""
     if settings.model_checkpoint:
         return settings.model_checkpoint, DiagnosticStatus.OK
-    if default_checkpoint(predictor.config) is not None:
+    if predictor.weights_source:
         return "the package's model trained on synthetic scenes, not a real-street model", DiagnosticStatus.OK
     return (
         f"RANDOM weights: no trained model ships for {predictor.config.name!r}, outputs are meaningless",
@@ -172,15 +172,19 @@ class EfficientPSNode(LifecycleNode):
         topics = settings.image_topics
         outputs = {topic: CameraOutputs(self, topic, settings) for topic in topics}
         stats = {topic: CameraStats(ERROR_THROTTLE_S) for topic in topics}
-        header = Header(stamp=self.get_clock().now().to_msg())
-        for out in outputs.values():
-            out.publish_label_info(configured.predictor.config.classes, settings.score_threshold, header)
+        self._publish_label_info(configured, outputs)
         slots = FrameSlots(topics)
         pipeline = PerceptionPipeline(configured.predictor, settings, outputs, stats, self.get_logger().error)
         worker = InferenceWorker(slots, pipeline.process, self._on_worker_failure)
         subscriptions = [subscribe(self, topic, settings, self._receiver(slots, topic)) for topic in topics]
         worker.start()
         return Active(outputs, stats, slots, subscriptions, pipeline, worker)
+
+    def _publish_label_info(self, configured: Configured, outputs: dict[str, CameraOutputs]) -> None:
+        """The class table and the score threshold, latched for late subscribers."""
+        header = Header(stamp=self.get_clock().now().to_msg())
+        for out in outputs.values():
+            out.publish_label_info(configured.predictor.config.classes, configured.settings.score_threshold, header)
 
     @staticmethod
     def _receiver(slots: FrameSlots, topic: str):
@@ -230,6 +234,8 @@ class EfficientPSNode(LifecycleNode):
         configured.predictor.set_fusion(**configured.settings.fusion)
         if self._active is not None:
             self._active.pipeline.settings = configured.settings
+            if "score_threshold" in ours:
+                self._publish_label_info(configured, self._active.outputs)
 
     # Diagnostics ------------------------------------------------------------
 

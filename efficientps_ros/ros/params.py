@@ -194,9 +194,17 @@ class NodeSettings:
                 raise ParameterError(problem)
             fields[spec.field] = _converted(spec, value)
         settings = cls(**fields)
-        settings.inference_size  # noqa: B018 - raises on a half-set size
+        settings._check_inference_size()
         settings._check_output_prefixes()
         return settings
+
+    def _check_inference_size(self) -> None:
+        size = (self.inference_height, self.inference_width)
+        if size != (0, 0) and min(size) < 32:
+            raise ParameterError(
+                f"parameters inference_height/inference_width: got {size[0]}x{size[1]}; "
+                "allowed: both 0 (native size) or both at least 32"
+            )
 
     def _check_output_prefixes(self) -> None:
         """Two cameras beside each other would publish onto the same output topics."""
@@ -220,14 +228,7 @@ class NodeSettings:
     def inference_size(self) -> tuple[int, int] | None:
         """(height, width) for the network, or None for each image's native size."""
         size = (self.inference_height, self.inference_width)
-        if size == (0, 0):
-            return None
-        if min(size) < 32:
-            raise ParameterError(
-                f"parameters inference_height/inference_width: got {size[0]}x{size[1]}; "
-                "allowed: both 0 (native size) or both at least 32"
-            )
-        return size
+        return None if size == (0, 0) else size
 
     def publishes(self, output: str) -> bool:
         return getattr(self, f"publish_{output}")

@@ -21,7 +21,11 @@ from .params import NodeSettings
 
 
 def decode(message: Any, transport: str, max_pixels: int) -> np.ndarray:
-    """An Image or CompressedImage as HxWx3 uint8 RGB; ValueError names what is wrong."""
+    """An Image or CompressedImage as HxWx3 uint8 RGB; ValueError names what is wrong.
+
+    Sizes are checked before decoding: the raw header here, the compressed
+    one by the codec, and empty images by the codec too.
+    """
     if transport == "raw" and message.width * message.height > max_pixels:
         raise ValueError(f"image of {message.width}x{message.height} exceeds max_image_pixels ({max_pixels})")
     try:
@@ -30,11 +34,6 @@ def decode(message: Any, transport: str, max_pixels: int) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for corrupt data
         raise ValueError(f"cannot decode the image ({type(exc).__name__}: {exc})") from None
-    height, width = rgb.shape[:2]
-    if height == 0 or width == 0:
-        raise ValueError(f"empty image ({width}x{height})")
-    if height * width > max_pixels:
-        raise ValueError(f"image of {width}x{height} exceeds max_image_pixels ({max_pixels})")
     return rgb
 
 

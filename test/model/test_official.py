@@ -170,7 +170,7 @@ def test_predictor_and_command_line_run_the_converted_checkpoint(converted, tmp_
     from efficientps_ros.predictor import Predictor
 
     predictor = Predictor(checkpoint=converted, device="cpu")
-    assert predictor.config.name == "b5_cityscapes" and not predictor.uses_default_weights
+    assert predictor.config.name == "b5_cityscapes" and predictor.weights_source == str(converted)
     image = np.random.default_rng(1).integers(0, 256, (96, 160, 3), dtype=np.uint8)
     result = predictor.predict(image)
     assert result.semantic.shape == (96, 160)

@@ -413,6 +413,10 @@ def test_invalid_parameters_are_refused_with_a_message_naming_them(ros, node):
     needs_cleanup = set_parameter(ros, "device", "cuda")
     assert not needs_cleanup.successful and "cleanup" in needs_cleanup.reason
     assert set_parameter(ros, "score_threshold", 0.6).successful
+    # label_info carries the threshold, and late subscribers get the new one.
+    label_info = ros.collect(f"{prefix(CAM_A)}/label_info", LabelInfo, LATCHED)
+    assert wait_until(lambda: label_info.latest() is not None and abs(label_info.latest().threshold - 0.6) < 1e-6,
+                      20.0), "label_info was not republished with the new score_threshold"
     assert set_parameter(ros, "use_sim_time", False).successful
     assert node.process.poll() is None
 

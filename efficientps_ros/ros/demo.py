@@ -16,10 +16,18 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import rclpy
+from PIL import Image as PILImage
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection2DArray, LabelInfo
+
+from ..data.synthetic import street_scene
+from .camera import IMAGE_OUTPUTS, LABEL_INFO_QOS
+from .image_codec import array_to_image, image_to_array
 
 CAMERA = "/camera/image_raw"
 OUTPUTS = "/camera/efficientps"
-IMAGE_TOPICS = ("semantic", "instance", "panoptic", "overlay")
 
 
 def _start_node(log_path: Path) -> subprocess.Popen:
@@ -46,18 +54,13 @@ class _Consumer:
     """Subscribes to every output and keeps what came, keyed by input stamp."""
 
     def __init__(self, node):
-        from sensor_msgs.msg import Image
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from vision_msgs.msg import Detection2DArray, LabelInfo
-
         self.received: dict[str, dict[int, object]] = defaultdict(dict)
         self.arrival: dict[tuple[str, int], float] = {}
         self.label_info = None
-        for name in IMAGE_TOPICS:
+        for name in IMAGE_OUTPUTS:
             node.create_subscription(Image, f"{OUTPUTS}/{name}", self._keeper(name), 10)
         node.create_subscription(Detection2DArray, f"{OUTPUTS}/detections", self._keeper("detections"), 10)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        node.create_subscription(LabelInfo, f"{OUTPUTS}/label_info", self._label_info, latched)
+        node.create_subscription(LabelInfo, f"{OUTPUTS}/label_info", self._label_info, LABEL_INFO_QOS)
 
     def _keeper(self, name: str):
         def keep(msg) -> None:
@@ -81,13 +84,6 @@ def _wait(executor, condition, timeout: float) -> bool:
 
 
 def run_demo(frames: int = 20, out: Path = Path("outputs/demo"), height: int = 384, width: int = 768) -> int:
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import Image
-
-    from .data.synthetic import street_scene
-    from .ros.image_codec import array_to_image
-
     out.mkdir(parents=True, exist_ok=True)
     # This process and the node must share the transport, or they do not talk.
     os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
@@ -103,7 +99,7 @@ def run_demo(frames: int = 20, out: Path = Path("outputs/demo"), height: int = 3
         if not _wait(executor, lambda: camera.get_subscription_count() > 0, 120.0):
             print(f"the node did not come up; its log is in {out / 'node.log'}", file=sys.stderr)
             return 1
-        sent = _stream(executor, demo, camera, consumer, frames, height, width, street_scene, array_to_image)
+        sent = _stream(executor, demo, camera, frames, height, width)
         _wait(executor, lambda: len(consumer.received["panoptic"]) >= 1 and _settled(consumer, sent), 30.0)
         return _report(consumer, sent, out)
     finally:
@@ -112,7 +108,7 @@ def run_demo(frames: int = 20, out: Path = Path("outputs/demo"), height: int = 3
         _stop_node(node_process)
 
 
-def _stream(executor, demo, camera, consumer, frames, height, width, street_scene, array_to_image) -> dict:
+def _stream(executor, demo, camera, frames: int, height: int, width: int) -> dict:
     """Publish at 5 Hz; a slow model drops frames, and the node counts them."""
     sent = {}
     for index in range(frames):
@@ -133,11 +129,9 @@ def _settled(consumer: _Consumer, sent: dict) -> bool:
 
 
 def _report(consumer: _Consumer, sent: dict, out: Path) -> int:
-    from PIL import Image as PILImage
-
     print(f"\nsent {len(sent)} frames of {next(iter(sent.values()))[0].shape[1::-1]} (w, h) rgb8 to {CAMERA}")
     ok = True
-    for name in (*IMAGE_TOPICS, "detections"):
+    for name in (*IMAGE_OUTPUTS, "detections"):
         got = consumer.received[name]
         stamps_ok = all(stamp in sent for stamp in got)
         latencies = [consumer.arrival[(name, s)] - sent[s][1] for s in got if s in sent]
@@ -155,15 +149,13 @@ def _report(consumer: _Consumer, sent: dict, out: Path) -> int:
     if consumer.received["detections"]:
         counts = [len(m.detections) for m in consumer.received["detections"].values()]
         print(f"  instances per frame: {counts}")
-    _save_last(consumer, sent, out, PILImage)
+    _save_last(consumer, sent, out)
     print(f"\nwrote the last frame's input, overlay and maps to {out}/ (node log: {out / 'node.log'})")
     return 0 if ok else 1
 
 
-def _save_last(consumer: _Consumer, sent: dict, out: Path, PILImage) -> None:
+def _save_last(consumer: _Consumer, sent: dict, out: Path) -> None:
     """The last frame as input | overlay | instances, and its semantic and instance maps."""
-    from .ros.image_codec import image_to_array
-
     stamp = max(consumer.received["overlay"], default=None)
     if stamp is None or stamp not in consumer.received["instance"]:
         return
