@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -92,9 +93,22 @@ class CameraOutputs:
             self._node.destroy_publisher(publisher)
 
 
-def subscribe(node: Node, image_topic: str, settings: NodeSettings, on_message: Callable[[Any], None]):
-    """The camera's input subscription: Image, or CompressedImage on <topic>/compressed."""
+def subscribe(
+    node: Node,
+    image_topic: str,
+    settings: NodeSettings,
+    on_message: Callable[[Any], None],
+    on_lost: Callable[[int], None],
+):
+    """The camera's input subscription: Image, or CompressedImage on <topic>/compressed.
+
+    `on_lost` hears how many messages the middleware lost on the way, where
+    it reports that; elsewhere the subscription works without it.
+    """
     message_type = CompressedImage if settings.transport == "compressed" else Image
-    return node.create_subscription(
-        message_type, input_topic(image_topic, settings.transport), on_message, input_qos(settings)
-    )
+    topic, qos = input_topic(image_topic, settings.transport), input_qos(settings)
+    events = SubscriptionEventCallbacks(message_lost=lambda info: on_lost(info.total_count_change))
+    try:
+        return node.create_subscription(message_type, topic, on_message, qos, event_callbacks=events)
+    except UnsupportedEventTypeError:
+        return node.create_subscription(message_type, topic, on_message, qos)

@@ -126,6 +126,7 @@ class DiagnosticsReporter:
             "frames_received": str(counts.received),
             "frames_published": str(stats.published),
             "frames_dropped": str(counts.dropped),
+            "frames_lost_in_transport": str(counts.lost),
             "frames_with_errors": str(stats.errors),
             "last_error": stats.last_error,
             "latency_median_ms": _ms(stats.latencies, 50),

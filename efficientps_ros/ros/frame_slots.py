@@ -25,7 +25,8 @@ class Frame:
 @dataclass(frozen=True)
 class SlotCounts:
     received: int
-    dropped: int
+    dropped: int  # replaced in the slot before the worker took them
+    lost: int = 0  # lost in transport, as DDS reports it, before any callback
 
 
 class FrameSlots:
@@ -36,6 +37,7 @@ class FrameSlots:
         self._pending: dict[str, Frame] = {}
         self._received = dict.fromkeys(self._cameras, 0)
         self._dropped = dict.fromkeys(self._cameras, 0)
+        self._lost = dict.fromkeys(self._cameras, 0)
         self._closed = False
         self._changed = threading.Condition()
 
@@ -72,9 +74,14 @@ class FrameSlots:
             self._pending.clear()
         return frames
 
+    def record_lost(self, camera: str, count: int) -> None:
+        """Count messages the middleware lost before they reached this node."""
+        with self._changed:
+            self._lost[camera] += count
+
     def counts(self, camera: str) -> SlotCounts:
         with self._changed:
-            return SlotCounts(self._received[camera], self._dropped[camera])
+            return SlotCounts(self._received[camera], self._dropped[camera], self._lost[camera])
 
     def pending(self) -> int:
         with self._changed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -176,7 +177,10 @@ class EfficientPSNode(LifecycleNode):
         slots = FrameSlots(topics)
         pipeline = PerceptionPipeline(configured.predictor, settings, outputs, stats, self.get_logger().error)
         worker = InferenceWorker(slots, pipeline.process, self._on_worker_failure)
-        subscriptions = [subscribe(self, topic, settings, self._receiver(slots, topic)) for topic in topics]
+        subscriptions = [
+            subscribe(self, topic, settings, self._receiver(slots, topic), partial(slots.record_lost, topic))
+            for topic in topics
+        ]
         worker.start()
         return Active(outputs, stats, slots, subscriptions, pipeline, worker)
 

@@ -33,11 +33,12 @@ def test_rates_come_from_the_counters_since_the_last_report():
     reporter.camera_status("/cam", SlotCounts(received=10, dropped=0), stats.snapshot(), now=0.0)
     for _ in range(5):
         stats.record_output(latency=0.1, model_time=0.05)
-    status = reporter.camera_status("/cam", SlotCounts(received=30, dropped=4), stats.snapshot(), now=2.0)
+    status = reporter.camera_status("/cam", SlotCounts(received=30, dropped=4, lost=3), stats.snapshot(), now=2.0)
     v = values(status)
     assert float(v["input_rate_hz"]) == 10.0
     assert float(v["output_rate_hz"]) == 2.5
     assert v["frames_dropped"] == "4"
+    assert v["frames_lost_in_transport"] == "3"
     assert status.level == DiagnosticStatus.OK
     assert status.name == "efficientps: camera /cam" and status.hardware_id == "cpu"
 

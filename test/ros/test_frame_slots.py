@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from efficientps_ros.ros.frame_slots import FrameSlots
+from efficientps_ros.ros.frame_slots import FrameSlots, SlotCounts
 
 
 def test_a_newer_frame_replaces_the_pending_one_and_counts_a_drop():
@@ -68,3 +68,12 @@ def test_unknown_camera_is_refused_by_name():
     slots = FrameSlots(["/a"])
     with pytest.raises(KeyError, match="/nope"):
         slots.put("/nope", 1)
+
+
+def test_messages_lost_in_transport_are_counted_apart_from_drops():
+    slots = FrameSlots(["/a", "/b"])
+    slots.put("/a", "m1")
+    slots.record_lost("/a", 3)
+    slots.record_lost("/a", 2)
+    assert slots.counts("/a") == SlotCounts(received=1, dropped=0, lost=5)
+    assert slots.counts("/b").lost == 0

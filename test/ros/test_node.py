@@ -399,6 +399,7 @@ def test_a_flood_drops_frames_and_keeps_memory_bounded(ros, node, first_outputs)
     published = int(status["frames_published"]) - int(before_counts["frames_published"])
     assert dropped > 0
     assert published < received
+    assert int(status["frames_lost_in_transport"]) >= 0
     assert rss_after - rss_before < 200, f"RSS grew from {rss_before:.0f} MB to {rss_after:.0f} MB"
     assert outputs_for(ros, CAM_A, rgb_frame(128, 256, "after_flood"))["overlay"] is not None
 
