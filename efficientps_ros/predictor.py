@@ -114,13 +114,15 @@ class Predictor:
     def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> PanopticResult | list[PanopticResult]:
         """One HxWx3 uint8 image gives one result; a list gives a list.
 
-        Images of equal size run as one batch.
+        Images the network sees at one size run as one batch: all of them
+        with `input_size`, else those of equal size.
         """
         if isinstance(images, np.ndarray):
             return self._predict_batch([_check_image(images, 0)])[0]
         checked = [_check_image(image, i) for i, image in enumerate(images)]
         results: list[PanopticResult | None] = [None] * len(checked)
-        for indices in _group_by_size(checked):
+        groups = [list(range(len(checked)))] if self.input_size else _group_by_size(checked)
+        for indices in groups:
             for index, result in zip(indices, self._predict_batch([checked[i] for i in indices])):
                 results[index] = result
         return results
@@ -136,13 +138,12 @@ class Predictor:
         if self.model is None:
             raise RuntimeError("the predictor was closed")
         start = time.perf_counter()
-        height, width = images[0].shape[:2]
         batch, size = self._prepare(images)
         with torch.autocast(self.device.type, dtype=self._dtype, enabled=self._dtype != torch.float32):
             outputs = self.model(batch, [size] * len(images))
         fused = [
-            self._fuse(logits, detections, size, (height, width))
-            for logits, detections in zip(outputs["semantic_logits"], outputs["detections"])
+            self._fuse(logits, detections, size, image.shape[:2])
+            for logits, detections, image in zip(outputs["semantic_logits"], outputs["detections"], images)
         ]
         results = [self._to_result(*maps) for maps in fused]
         elapsed = (time.perf_counter() - start) / len(results)
@@ -151,19 +152,33 @@ class Predictor:
         return results
 
     def _prepare(self, images: list[np.ndarray]) -> tuple[Tensor, tuple[int, int]]:
-        """uint8 HxWx3 arrays -> normalised, padded NCHW batch on the device."""
-        # One copy into a fresh array: inputs are often read-only views of
-        # message buffers, which torch must not alias.
-        batch = torch.from_numpy(np.stack(images))
-        batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        if self.input_size is not None and tuple(batch.shape[-2:]) != self.input_size:
-            batch = F.interpolate(batch, size=self.input_size, mode="bilinear", align_corners=False)
+        """uint8 HxWx3 arrays -> normalised, padded NCHW batch on the device.
+
+        Without `input_size` the images share one size; with it, each is
+        resized on its own and then they are stacked.
+        """
+        if self.input_size is None:
+            batch = self._to_device(np.stack(images))
+        else:
+            batch = torch.cat([self._resized(self._to_device(image[None])) for image in images])
         size = (batch.shape[-2], batch.shape[-1])
         batch = (batch - self._mean) / self._std
         divisor = self.config.size_divisor
         pad_h, pad_w = -size[0] % divisor, -size[1] % divisor
         # Zero after normalisation: the padding is the mean colour.
         return F.pad(batch, (0, pad_w, 0, pad_h)), size
+
+    def _to_device(self, images: np.ndarray) -> Tensor:
+        """NHWC uint8 -> NCHW float on the device."""
+        # Views of message buffers are read-only, which torch must not alias;
+        # those are copied, and the float conversion below copies the rest.
+        pixels = torch.from_numpy(images if images.flags.writeable else images.copy())
+        return pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+
+    def _resized(self, batch: Tensor) -> Tensor:
+        if tuple(batch.shape[-2:]) == self.input_size:
+            return batch
+        return F.interpolate(batch, size=self.input_size, mode="bilinear", align_corners=False)
 
     def _fuse(
         self, logits: Tensor, detections: dict, size: tuple[int, int], out_size: tuple[int, int]

@@ -192,3 +192,20 @@ def test_min_stuff_area_counts_input_pixels_when_the_network_sees_half_the_size(
     for train_id in np.unique(result.semantic[stuff]):
         # Nearest upsampling by 2 turns every network pixel into 4 input pixels.
         assert (result.semantic == train_id).sum() >= 400
+
+
+def test_with_input_size_cameras_of_different_sizes_share_one_forward_pass(checkpoint, monkeypatch):
+    predictor = Predictor(checkpoint=checkpoint, device="cpu", input_size=(96, 160))
+    calls = []
+    forward = predictor.model.forward
+
+    def counting_forward(images, sizes):
+        calls.append(len(images))
+        return forward(images, sizes)
+
+    monkeypatch.setattr(predictor.model, "forward", counting_forward)
+    images = [street_scene(120, 200, seed=8).image, street_scene(90, 300, seed=9).image]
+    results = predictor.predict(images)
+    assert calls == [2]
+    for image, result in zip(images, results):
+        _check_consistent(result, predictor.config, image.shape[:2])
