@@ -133,11 +133,6 @@ def semantic_confusion(
     return confusion
 
 
-def save_weights(model: nn.Module, config: EfficientPSConfig, path: Path, dtype: torch.dtype) -> Path:
-    """`save_checkpoint` of the model with its floating-point tensors in `dtype`."""
-    return save_checkpoint(model, config, path, dtype=dtype)
-
-
 def best_path(out: Path) -> Path:
     """Where the checkpoint with the best validation mIoU goes, beside `out`."""
     return out.with_name(f"{out.stem}.best{out.suffix}")
@@ -198,8 +193,8 @@ def train(
             miou = semantic_confusion(model, config, seeds, image_size, device).mean_iou()
             log.info("step %d: val mIoU %.4f on %d held-out scenes", done, miou, len(seeds))
             if _record(result, done, miou):
-                save_weights(model, config, result.best_checkpoint, save_dtype)
-    save_weights(model, config, out, save_dtype)
+                save_checkpoint(model, config, result.best_checkpoint, dtype=save_dtype)
+    save_checkpoint(model, config, out, dtype=save_dtype)
     log.info("saved %s (best val mIoU %.4f in %s)", out, result.best_miou, result.best_checkpoint)
     return result
 

@@ -123,16 +123,13 @@ def overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> np.nda
 class PanopticPainter:
     """Colourings and overlays for one class table, with the class palette computed once.
 
-    `overlay` gives exactly `overlay(image, colorize(result), alpha)`, but scales
+    `overlay` gives exactly `overlay(image, colorize_panoptic(result, palette), alpha)`, but scales
     the small palette instead of the full-size colour image, and works through
     the image in bands of rows so that its scratch arrays stay in the CPU cache.
     """
 
     def __init__(self, classes: Sequence[ClassInfo]):
         self.palette = class_palette(classes)
-
-    def colorize(self, result: PanopticResult) -> np.ndarray:
-        return colorize_panoptic(result, self.palette)
 
     def overlay(self, image: np.ndarray, result: PanopticResult, alpha: float) -> np.ndarray:
         height, width = result.semantic.shape

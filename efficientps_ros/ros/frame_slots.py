@@ -41,10 +41,6 @@ class FrameSlots:
         self._closed = False
         self._changed = threading.Condition()
 
-    @property
-    def cameras(self) -> tuple[str, ...]:
-        return self._cameras
-
     def put(self, camera: str, message: Any, received: float | None = None) -> bool:
         """Keep `message` as the camera's pending frame; True when it replaced an unprocessed one.
 
