@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .data.synthetic import street_scene
+from .data.targets import normalize, padded_size
 from .model import build_model, load_config
 from .model.config import parse_size
 from .model.checkpoint import load_checkpoint, load_weights, read_config
@@ -50,11 +51,7 @@ def _baseline(config, checkpoint: str | None, device: torch.device, image: np.nd
         load_weights(model, state, source)
     model = model.eval().to(device)
     size = image.shape[:2]
-    pad = [-s % config.size_divisor for s in size]
-    pixels = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float()
-    mean = torch.tensor(config.pixel_mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(config.pixel_std, device=device).view(1, 3, 1, 1)
-    images = torch.nn.functional.pad((pixels - mean) / std, (0, pad[1], 0, pad[0]))
+    images = normalize(image, config, padded_size(size, config.size_divisor))[None].to(device)
 
     @torch.inference_mode()
     def run():
