@@ -18,20 +18,22 @@ SHELL := /bin/bash
 
 ROS_PACKAGES := "ros-kilted-rclpy[fastrtps]" ros-kilted-sensor-msgs ros-kilted-std-msgs \
 	ros-kilted-geometry-msgs ros-kilted-visualization-msgs ros-kilted-diagnostic-msgs \
-	ros-kilted-lifecycle-msgs
-# Only needed to build the vision_msgs interfaces where they are missing.
+	ros-kilted-lifecycle-msgs ros-kilted-rosgraph-msgs
+# Only needed to build the interfaces of interfaces/ where they are missing.
 ROSIDL_PACKAGES := ros-kilted-ament-cmake ros-kilted-ament-cmake-include-directories \
 	ros-kilted-ament-cmake-ros-core ros-kilted-rosidl-default-generators \
 	ros-kilted-rosidl-core-generators ros-kilted-ament-package catkin-pkg \
 	"cmake>=3.21" ninja
 # Default PyPI builds: a CPU-only torch breaks torchvision's compiled ops.
 ML_PACKAGES := "torch>=2.4" "torchvision>=0.19" "timm>=1.0" "safetensors>=0.4" \
-	"numpy>=1.24" pyyaml pillow "rosbags>=0.11,<0.12"
-TEST_PACKAGES := "pytest>=7"
+	"numpy>=1.24" pyyaml pillow "rosbags>=0.11,<0.12" "tqdm>=4.60" "matplotlib>=3.7"
+# cityscapesscripts: the official evaluation the metrics are checked against.
+TEST_PACKAGES := "pytest>=7" "cityscapesscripts==2.3.0"
 
 # Every ROS process of the tests and the demo uses this transport: 6 MB images
-# need it, and processes with and without it do not talk to each other.
-export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA
+# need LARGE_DATA, and processes with and without it do not talk to each other.
+# The value is efficientps_ros/ros/middleware.py's, which says why.
+export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA?tcp_negotiation_timeout=50
 # The pip wheels do not set it, and ament_index lookups need it.
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 
@@ -46,7 +48,9 @@ $(warning no private network namespace here (needs user namespaces and iproute2'
 endif
 
 STAMP_DEPS    := $(VENV)/.stamp-deps
-STAMP_VISION  := $(VENV)/.stamp-vision-msgs
+STAMP_INTERFACES := $(VENV)/.stamp-interfaces
+# Interface packages with no Kilted pip wheel, built from interfaces/ where missing.
+INTERFACES    := vision_msgs tf2_msgs
 STAMP_PACKAGE := $(VENV)/.stamp-package
 
 .PHONY: setup test demo bench bench-node clean
@@ -64,12 +68,14 @@ $(STAMP_DEPS): Makefile | $(VENV)/bin/python
 	$(PY) -c 'import rclpy, torch, torchvision.ops, timm, safetensors, rosbags'
 	touch $@
 
-$(STAMP_VISION): $(STAMP_DEPS) $(wildcard interfaces/vision_msgs/* interfaces/vision_msgs/msg/*)
-	$(PY) -c 'import vision_msgs.msg' 2>/dev/null || interfaces/build_vision_msgs.sh $(abspath $(VENV))
-	$(PY) -c 'import vision_msgs.msg'
+$(STAMP_INTERFACES): $(STAMP_DEPS) interfaces/build_interfaces.sh $(wildcard $(INTERFACES:%=interfaces/%/*) $(INTERFACES:%=interfaces/%/msg/*))
+	for package in $(INTERFACES); do \
+		$(PY) -c "import $$package.msg" 2>/dev/null || interfaces/build_interfaces.sh $(abspath $(VENV)) $$package || exit 1; \
+	done
+	$(PY) -c 'import vision_msgs.msg, tf2_msgs.msg'
 	touch $@
 
-$(STAMP_PACKAGE): $(STAMP_VISION) setup.py
+$(STAMP_PACKAGE): $(STAMP_INTERFACES) setup.py
 	$(PIP) install -q --no-deps --no-build-isolation -e . 2>&1 | $(QUIET_PIP)
 	$(PY) -c 'import efficientps_ros'
 	touch $@
@@ -77,11 +83,15 @@ $(STAMP_PACKAGE): $(STAMP_VISION) setup.py
 test: setup
 	$(SANDBOX) $(PY) -m pytest -q test
 
+# A synthetic drive bag played into the node, its outputs recorded: report, panels and GIF in outputs/demo/.
 demo: setup
-	$(SANDBOX) $(PY) -m efficientps_ros.cli demo
+	OMP_WAIT_POLICY=PASSIVE $(SANDBOX) $(PY) -m efficientps_ros.cli demo
 
+# Per stage, camera message to outputs published, against the plain eager network;
+# a small CPU configuration unless BENCH_ARGS says otherwise.
+BENCH_ARGS ?= --config small --height 384 --width 768 --precision bf16 --frames 10 --json outputs/bench.json
 bench: setup
-	$(PY) -m efficientps_ros.cli bench
+	$(SANDBOX) $(PY) -m efficientps_ros.cli bench $(BENCH_ARGS)
 
 # The node's own cost per frame (conversion, messages, publishing), model excluded.
 bench-node: setup

@@ -1,94 +1,271 @@
-"""Model latency: the predictor's variants against the plain eager network.
+"""End-to-end latency per frame, stage by stage, against the plain eager network.
 
-Every number comes from the same run on the same machine, on the same
-synthetic street scene and weights: the baseline is the unfolded fp32 network
-called directly, and each variant prints its ratio to it. Timings on a noisy machine vary; ratios within one run are what compare.
+    efficientps bench --config small --height 384 --width 768 --batch 1 --frames 10 --precision bf16
+
+One frame is `--batch` camera images of one synthetic street scene each,
+from the camera messages to every output published. Each stage's median and
+p95 come from `--frames` frames after the warm-up. In the same run the
+network as training built it (norms unfolded, fp32 weights, NCHW, eager)
+predicts the same images, its frames alternating with the variant's: its
+time gives the speed-up, its outputs the agreement. Timings on a busy
+machine vary; ratios within one run compare.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import datetime
+import json
+import platform
+import resource
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
+from .bench_stages import (
+    MODEL_STAGES,
+    OVERHEAD_STAGES,
+    ROS_STAGES,
+    STAGES,
+    StageClock,
+    agreement,
+    rpn_marked,
+    summary,
+)
 from .data.synthetic import street_scene
-from .data.targets import normalize, padded_size
-from .model import build_model, load_config
-from .model.config import parse_size
-from .model.checkpoint import load_checkpoint, load_weights, read_config
-from .predictor import Predictor, default_checkpoint, resolve_device
-
-
-def _parse_sizes(text: str) -> list[tuple[int, int]]:
-    try:
-        return [parse_size(item) for item in text.split(",")]
-    except ValueError as exc:
-        raise ValueError(f"--sizes {text!r}: {exc}") from None
-
-
-def _time(fn, iterations: int, device: torch.device) -> list[float]:
-    fn()  # warm-up: allocator, cudnn autotuning, lazy init
-    samples = []
-    for _ in range(iterations):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-def _baseline(config, checkpoint: str | None, device: torch.device, image: np.ndarray):
-    """The network as built for training, in eval mode, norms unfolded, same weights and image."""
-    model = build_model(config)
-    source = checkpoint or default_checkpoint(config)
-    if source is not None:
-        state, _ = load_checkpoint(source)
-        load_weights(model, state, source)
-    model = model.eval().to(device)
-    size = image.shape[:2]
-    images = normalize(image, config, padded_size(size, config.size_divisor))[None].to(device)
-
-    @torch.inference_mode()
-    def run():
-        model(images, [size])
-
-    return run
-
-
-def _variants(args: argparse.Namespace, device: torch.device) -> list[str]:
-    if args.precision != "fp32":
-        return ["fp32", args.precision]
-    return ["fp32", "fp16", "bf16"] if device.type == "cuda" else ["fp32", "bf16"]
+from .model import load_config
+from .model.checkpoint import read_config
+from .predictor import Predictor, check_precision, resolve_device
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    # A checkpoint alone brings its own config, as in the predictor.
-    if args.config is None and args.checkpoint is not None:
-        config = read_config(args.checkpoint)
-    else:
-        config = load_config(args.config or "b5_cityscapes")
-    device = resolve_device(args.device)
-    torch.manual_seed(0)
-    print(f"model {config.name} on {device} ({torch.get_num_threads()} CPU threads), "
-          f"{args.iterations} iterations after one warm-up; ms median / p95")
-    for size in _parse_sizes(args.sizes):
-        image = street_scene(*size, seed=0).image
-        base = _time(_baseline(config, args.checkpoint, device, image), args.iterations, device)
-        _report(size, "network only, unfolded fp32 (baseline)", base, statistics.median(base))
-        for precision in _variants(args, device):
-            predictor = Predictor(config, args.checkpoint, device=str(device), precision=precision)
-            samples = _time(lambda: predictor.predict(image), args.iterations, device)
-            _report(size, f"predictor {precision} (folded, with fusion and copies)", samples, statistics.median(base))
-            predictor.close()
+    (report,) = run_variants(args, [(args.precision, args.compile)])
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {path}")
     return 0
 
 
-def _report(size: tuple[int, int], label: str, samples: list[float], baseline: float) -> None:
-    median = statistics.median(samples)
-    p95 = float(np.percentile(samples, 95))
-    print(f"{size[0]}x{size[1]:<5d} {label:52s} {median * 1e3:8.1f} {p95 * 1e3:8.1f}   x{baseline / median:.2f}")
+def run_variants(
+    args: argparse.Namespace, variants: list[tuple[str, bool]], on_report: Callable[[dict], None] | None = None
+) -> list[dict]:
+    """Each (precision, compile) variant against the plain network; one report each.
+
+    `on_report` gets each report as soon as it is ready, so that a run cut
+    short still leaves the variants it finished.
+    """
+    config = _config(args)
+    device = resolve_device(args.device)
+    for precision, _ in variants:
+        check_precision(precision, device)
+    if args.frames < 1 or args.warmup < 0 or args.batch < 1 or min(args.height, args.width) < 32:
+        raise ValueError("--frames and --batch must be at least 1, --warmup at least 0, the sides at least 32")
+    images = [street_scene(args.height, args.width, seed=i).image for i in range(args.batch)]
+    plain = _predictor(config, args, device, "fp32", compile=False, optimize=False)
+    reports = []
+    try:
+        for precision, compile in variants:
+            variant = argparse.Namespace(**{**vars(args), "precision": precision, "compile": compile})
+            reports.append(_run_variant(variant, config, device, images, plain))
+            print(_table(reports[-1]), flush=True)
+            if on_report is not None:
+                on_report(reports[-1])
+    finally:
+        plain.close()
+    return reports
+
+
+def _run_variant(args: argparse.Namespace, config, device, images, plain: Predictor) -> dict:
+    """The variant's frames alternate with the plain network's, so that a load that comes
+    and goes on the machine slows both alike and their ratio holds."""
+    memory = _MemoryPeak(device)
+    fast = _predictor(config, args, device, args.precision, compile=args.compile, optimize=True)
+    warm_up_s = fast.warm_up([(args.height, args.width)], args.batch)
+    peak = memory.peak_mb()
+    ros, absent = _ros_stages(args, images, config)
+    clock = StageClock(device)
+    stages: dict[str, list[float]] = {}
+    baseline: dict[str, list[float]] = {}
+    try:
+        with rpn_marked(plain.model, clock), rpn_marked(fast.model, clock):
+            for index in range(args.warmup + args.frames):
+                reference = _frame(plain, images, None, clock, baseline if index >= args.warmup else {})
+                results = _frame(fast, images, ros, clock, stages if index >= args.warmup else {})
+    finally:
+        if ros is not None:
+            ros.close()
+        fast.close()
+    return _report(args, config, device, stages, baseline, agreement(results, reference), absent, warm_up_s, peak)
+
+
+def _frame(predictor: Predictor, images, ros, clock: StageClock, samples: dict[str, list[float]]) -> list:
+    """One frame of `images` through `predictor` (and ROS), its milliseconds per stage added to `samples`."""
+    clock.start()
+    arrays = images
+    if ros is not None:
+        arrays = ros.to_arrays()
+        clock.mark("message to array")
+    results = predictor.predict(arrays, on_stage=clock.mark)
+    if ros is not None:
+        ros.build(results, arrays)
+        clock.mark("arrays to messages")
+        ros.publish()
+        clock.mark("publish")
+    for stage, ms in clock.stop().items():
+        samples.setdefault(stage, []).append(ms)
+    return results
+
+
+class _MemoryPeak:
+    """The most memory a predictor takes, from its creation to now.
+
+    On CUDA, above what was allocated before it (the plain network's weights);
+    on the CPU, the whole process's peak resident size, which includes both networks.
+    """
+
+    def __init__(self, device: torch.device):
+        self._device = device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self._before = torch.cuda.memory_allocated(device)
+
+    def peak_mb(self) -> dict:
+        if self._device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self._device) - self._before
+            return {"peak_memory_mb": peak / 2**20, "peak_memory_kind": "CUDA allocated by the predictor"}
+        # ru_maxrss is in KiB on Linux.
+        return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_memory_kind": "process peak RSS"}
+
+
+def _config(args: argparse.Namespace):
+    # A checkpoint alone brings its own config, as in the predictor.
+    if args.config is None and args.checkpoint is not None:
+        return read_config(args.checkpoint)
+    return load_config(args.config or "b5_cityscapes")
+
+
+def _predictor(config, args, device, precision: str, compile: bool, optimize: bool) -> Predictor:
+    # Without trained weights both networks must start from the same random ones.
+    torch.manual_seed(0)
+    predictor = Predictor(config, args.checkpoint, str(device), precision, compile=compile, optimize=optimize)
+    if args.score_threshold is not None:
+        predictor.set_fusion(score_threshold=args.score_threshold)
+    return predictor
+
+
+def _ros_stages(args: argparse.Namespace, images, config):
+    """The ROS stages and '', or None and why they are absent."""
+    from .ros.bench_messages import RosStages, ros_available
+
+    if args.ros == "off":
+        return None, "switched off (--ros off)"
+    missing = ros_available()
+    if missing:
+        if args.ros == "on":
+            raise ValueError(f"--ros on: {missing}")
+        return None, missing
+    return RosStages(images, config.classes), ""
+
+
+def _report(args, config, device, stages, baseline, agree, absent: str, warm_up_s: float, peak: dict) -> dict:
+    frames = len(next(iter(stages.values())))
+    model = _per_frame_sum(stages, MODEL_STAGES)
+    plain_model = _per_frame_sum(baseline, MODEL_STAGES)
+    total = _per_frame_sum(stages, STAGES)
+    overhead = _per_frame_sum(stages, OVERHEAD_STAGES) if not absent else None
+    speedup = float(np.median(plain_model) / np.median(model))
+    return {
+        "config": config.name,
+        "height": args.height,
+        "width": args.width,
+        "batch": args.batch,
+        "frames": frames,
+        "warmup_frames": args.warmup,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "cpu_threads": torch.get_num_threads(),
+        "precision": args.precision,
+        "torch_version": torch.__version__,
+        "compiled": bool(args.compile),
+        "weights": "random" if not _has_weights(config, args) else "trained",
+        "score_threshold": args.score_threshold,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "stages": {stage: summary(stages[stage]) for stage in STAGES if stage in stages},
+        "absent_stages": {stage: absent for stage in ROS_STAGES} if absent else {},
+        "model_ms": summary(model),
+        "total_ms": summary(total),
+        "fps": float(args.batch * 1000.0 / np.median(total)),
+        "eager_fp32_stages": {stage: summary(baseline[stage]) for stage in MODEL_STAGES if stage in baseline},
+        "eager_fp32_total_ms": float(np.median(plain_model)),
+        "speedup_vs_eager": speedup,
+        "semantic_agreement_vs_eager": agree["semantic_agreement"],
+        "panoptic_pixels_differ_vs_eager": agree["panoptic_pixels_differ"],
+        "detections": agree["detections"],
+        "detections_eager": agree["detections_reference"],
+        "detections_matched_vs_eager": agree["detections_matched"],
+        "node_overhead_ms": float(np.median(overhead)) if overhead is not None else None,
+        "warm_up_s": warm_up_s,
+        **peak,
+    }
+
+
+def _per_frame_sum(stages: dict[str, list[float]], names) -> list[float]:
+    present = [stages[name] for name in names if name in stages]
+    return [sum(values) for values in zip(*present)]
+
+
+def _has_weights(config, args) -> bool:
+    from .predictor import default_checkpoint
+
+    return args.checkpoint is not None or default_checkpoint(config) is not None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _table(report: dict) -> str:
+    mode = "compiled" if report["compiled"] else "eager"
+    lines = [
+        f"{report['config']} at {report['height']}x{report['width']}, batch {report['batch']}, "
+        f"{report['precision']} {mode} on {report['device']} ({report['device_name']}, "
+        f"{report['cpu_threads']} CPU threads), {report['weights']} weights; "
+        f"{report['frames']} frames after {report['warmup_frames']} warm-up",
+        f"{'stage':24s} {'median ms':>10s} {'p95 ms':>10s} {'eager fp32':>11s}",
+    ]
+    for stage in STAGES:
+        plain = report["eager_fp32_stages"].get(stage)
+        plain_text = f"{plain['median_ms']:11.2f}" if plain else f"{'':11s}"
+        if stage in report["stages"]:
+            times = report["stages"][stage]
+            lines.append(f"{stage:24s} {times['median_ms']:10.2f} {times['p95_ms']:10.2f} {plain_text}")
+        else:
+            why = report["absent_stages"].get(stage, "not reached")
+            lines.append(f"{stage:24s} {'absent':>10s} {'':10s} {plain_text}   {why}")
+    model, total = report["model_ms"], report["total_ms"]
+    lines += [
+        f"{'model and fusion':24s} {model['median_ms']:10.2f} {model['p95_ms']:10.2f} "
+        f"{report['eager_fp32_total_ms']:11.2f}",
+        f"{'total':24s} {total['median_ms']:10.2f} {total['p95_ms']:10.2f}",
+        f"frames/s {report['fps']:.2f}; warm-up {report['warm_up_s']:.1f} s; "
+        f"peak memory {report['peak_memory_mb']:.0f} MB ({report['peak_memory_kind']})",
+        f"speed-up over the plain eager fp32 network: x{report['speedup_vs_eager']:.2f} "
+        f"({report['eager_fp32_total_ms']:.1f} -> {model['median_ms']:.1f} ms)",
+        f"agreement with it: semantic {report['semantic_agreement_vs_eager']:.3f} % of pixels, "
+        f"{report['panoptic_pixels_differ_vs_eager']} panoptic pixels differ, "
+        f"{report['detections_matched_vs_eager']} of {report['detections_eager']} detections matched "
+        f"({report['detections']} found)",
+    ]
+    overhead = report["node_overhead_ms"]
+    lines.append(
+        f"node overhead (all outputs): {overhead:.2f} ms" if overhead is not None
+        else "node overhead: not measured, the ROS stages are absent"
+    )
+    return "\n".join(lines)

@@ -6,15 +6,20 @@ train ids with 255 as void; void ground-truth pixels are not scored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
 from .model.config import VOID_TRAIN_ID
 
-# A segment key is class * _KEY_BASE + instance id; instance ids fit below it.
-_KEY_BASE = 1 << 16
+# Segment keys hold (class + 1) * _KEY_BASE + instance id; uint16 ids fit below _CROWD.
+_KEY_BASE = 1 << 17
+# The instance id of a class's crowd region in the truth's keys.
+_CROWD = 1 << 16
 # Standard PQ matching threshold: with IoU above one half, a match is unique.
 _MATCH_IOU = 0.5
+# The key of void; every class's keys lie above it.
+_VOID = 0
 
 
 class ConfusionMatrix:
@@ -40,10 +45,23 @@ class ConfusionMatrix:
         ).reshape(self.num_classes, self.num_classes)
         self.missed += np.bincount(t[~scored], minlength=self.num_classes)
 
+    def intersection(self) -> np.ndarray:
+        """Per class, the pixels both true and predicted."""
+        return np.diag(self.matrix).copy()
+
+    def union(self) -> np.ndarray:
+        """Per class, the pixels true or predicted.
+
+        Void truth never entered the counts, so a prediction there is in no
+        union; a true pixel predicted as void is in its true class's.
+        """
+        true = self.matrix.sum(1) + self.missed
+        predicted = self.matrix.sum(0)
+        return true + predicted - self.intersection()
+
     def iou(self) -> np.ndarray:
         """Per-class IoU; NaN for a class absent from both truth and prediction."""
-        hits = np.diag(self.matrix).astype(np.float64)
-        union = self.matrix.sum(0) + self.matrix.sum(1) + self.missed - hits
+        hits, union = self.intersection().astype(np.float64), self.union()
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(union > 0, hits / np.maximum(union, 1), np.nan)
 
@@ -55,7 +73,7 @@ class ConfusionMatrix:
 
 @dataclass
 class ClassPQ:
-    """Matching counts of one class."""
+    """Matching counts of one class; `iou_sum` adds the IoU of every match."""
 
     tp: int = 0
     fp: int = 0
@@ -63,28 +81,40 @@ class ClassPQ:
     iou_sum: float = 0.0
 
     @property
+    def seen(self) -> bool:
+        return self.tp + self.fp + self.fn > 0
+
+    @property
     def sq(self) -> float:
         return self.iou_sum / self.tp if self.tp else 0.0
 
     @property
     def rq(self) -> float:
-        denominator = self.tp + 0.5 * self.fp + 0.5 * self.fn
-        return self.tp / denominator if denominator else 0.0
+        return self.tp / self._denominator if self.seen else 0.0
 
     @property
     def pq(self) -> float:
-        return self.sq * self.rq
+        return self.iou_sum / self._denominator if self.seen else 0.0
+
+    @property
+    def _denominator(self) -> float:
+        return self.tp + 0.5 * self.fp + 0.5 * self.fn
 
 
 @dataclass
 class PanopticQuality:
-    """PQ, SQ and RQ by the standard definition (Kirillov et al., 2019).
+    """PQ, SQ and RQ by the COCO panoptic protocol, as Cityscapes evaluates it.
 
-    A segment is a stuff class region or one instance of a thing class. A
-    predicted and a true segment of the same class match when their IoU is
-    above 0.5; the predicted pixels on void ground truth leave the union, and
-    a predicted segment that is mostly void is neither a match nor a false
-    positive. Thing pixels without an instance id are treated as void.
+    A segment is one instance of a class; stuff without instance ids is one
+    segment per class, and a predicted stuff class always is.
+    Ground truth thing pixels without an instance id, and segments flagged
+    as crowd, stuff or thing, form one crowd region per class. A predicted
+    and a true segment of the same class match when their IoU is above 0.5,
+    where only the predicted pixels on void leave the union; crowd regions
+    never match.
+    An unmatched prediction is no false positive when more than half of it
+    lies on void or on the crowd region of its own class. Predicted thing
+    pixels without an instance id are one ordinary segment of their class.
     """
 
     num_classes: int
@@ -97,68 +127,111 @@ class PanopticQuality:
         true_instance: np.ndarray,
         pred_semantic: np.ndarray,
         pred_instance: np.ndarray,
+        true_crowd: Sequence[bool] = (),
     ) -> None:
-        """Add one image's ground truth and prediction (semantic train ids, instance ids)."""
-        truth = self._segments(true_semantic, true_instance)
+        """Add one image (train ids, instance ids); `true_crowd[k - 1]` marks instance k a crowd."""
+        if true_semantic.shape != pred_semantic.shape:
+            raise ValueError(f"truth {true_semantic.shape} and prediction {pred_semantic.shape} differ in shape")
+        truth = self._segments(true_semantic, true_instance, true_crowd)
         prediction = self._segments(pred_semantic, pred_instance)
-        void = _KEY_BASE * VOID_TRAIN_ID
-        pair_keys, pair_counts = np.unique(truth.astype(np.int64) * (1 << 32) + prediction, return_counts=True)
-        overlaps = dict(zip(zip((pair_keys >> 32).tolist(), (pair_keys & 0xFFFFFFFF).tolist()), pair_counts.tolist()))
-        true_area = _areas(truth)
-        pred_area = _areas(prediction)
+        overlaps = _overlaps(truth, prediction)
+        true_area, pred_area = _areas(overlaps)
         matched_true, matched_pred = set(), set()
         for (t, p), inter in overlaps.items():
-            if t == void or p == void or t // _KEY_BASE != p // _KEY_BASE:
+            if t == _VOID or p == _VOID or _is_crowd(t) or _class(t) != _class(p):
                 continue
-            union = true_area[t] + pred_area[p] - inter - overlaps.get((void, p), 0)
-            iou = inter / union
+            iou = inter / (true_area[t] + pred_area[p] - inter - overlaps.get((_VOID, p), 0))
             if iou > _MATCH_IOU:
-                stats = self._stats(t // _KEY_BASE)
+                stats = self._stats(_class(t))
                 stats.tp += 1
                 stats.iou_sum += iou
                 matched_true.add(t)
                 matched_pred.add(p)
         for t in true_area:
-            if t != void and t not in matched_true:
-                self._stats(t // _KEY_BASE).fn += 1
+            if t != _VOID and not _is_crowd(t) and t not in matched_true:
+                self._stats(_class(t)).fn += 1
         for p, area in pred_area.items():
-            if p == void or p in matched_pred:
+            if p == _VOID or p in matched_pred:
                 continue
-            if overlaps.get((void, p), 0) > _MATCH_IOU * area:
-                continue
-            self._stats(p // _KEY_BASE).fp += 1
+            ignored = overlaps.get((_VOID, p), 0) + overlaps.get((_crowd_key(_class(p)), p), 0)
+            if ignored / area <= _MATCH_IOU:
+                self._stats(_class(p)).fp += 1
 
     def summary(self) -> dict[str, float]:
-        """PQ, SQ, RQ averaged over the classes seen, and PQ over things and over stuff."""
-        seen = {c: s for c, s in self.classes.items() if s.tp + s.fp + s.fn}
-        things = [s for c, s in seen.items() if c in self.thing_ids]
-        stuff = [s for c, s in seen.items() if c not in self.thing_ids]
-        return {
-            "pq": _mean([s.pq for s in seen.values()]),
-            "sq": _mean([s.sq for s in seen.values()]),
-            "rq": _mean([s.rq for s in seen.values()]),
-            "pq_things": _mean([s.pq for s in things]),
-            "pq_stuff": _mean([s.pq for s in stuff]),
+        """PQ, SQ, RQ and the class count n over all classes seen, things and stuff.
+
+        A class counts once it has a true positive, a false positive or a
+        false negative; with no such class the averages are NaN.
+        """
+        seen = {c: s for c, s in self.classes.items() if s.seen}
+        groups = {
+            "": list(seen.values()),
+            "_things": [s for c, s in seen.items() if c in self.thing_ids],
+            "_stuff": [s for c, s in seen.items() if c not in self.thing_ids],
         }
+        out: dict[str, float] = {}
+        for suffix, stats in groups.items():
+            for name in ("pq", "sq", "rq"):
+                out[name + suffix] = _mean([getattr(s, name) for s in stats])
+            out["n" + suffix] = len(stats)
+        return out
 
     def _stats(self, class_id: int) -> ClassPQ:
         return self.classes.setdefault(class_id, ClassPQ())
 
-    def _segments(self, semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:
-        """HxW segment keys: class * base + instance for things, class * base for stuff."""
+    def _segments(self, semantic: np.ndarray, instance: np.ndarray, crowd: Sequence[bool] | None = None) -> np.ndarray:
+        """HxW segment keys, `_VOID` for void: (class + 1) * base + instance id.
+
+        With `crowd` given (ground truth), thing pixels without an instance
+        and flagged instances of any class form their class's crowd region,
+        and stuff keeps its instance ids: COCO-panoptic ground truth may split
+        a stuff class into segments, each matched on its own, and flag any
+        segment a crowd. Without it (prediction), stuff is one segment per
+        class, as the written predictions hold it, and thing pixels with id 0
+        are an ordinary segment.
+        """
         if semantic.shape != instance.shape:
             raise ValueError(f"semantic {semantic.shape} and instance {instance.shape} differ in shape")
         classes = semantic.astype(np.int64)
-        classes = np.where(classes < self.num_classes, classes, VOID_TRAIN_ID)
-        is_thing = np.isin(classes, list(self.thing_ids))
-        ids = np.where(is_thing, instance.astype(np.int64), 0)
-        classes = np.where(is_thing & (ids == 0), VOID_TRAIN_ID, classes)
-        return np.where(classes == VOID_TRAIN_ID, VOID_TRAIN_ID * _KEY_BASE, classes * _KEY_BASE + ids)
+        void = classes >= self.num_classes
+        things = np.isin(classes, list(self.thing_ids))
+        ids = instance.astype(np.int64)
+        if crowd is None:
+            ids = np.where(things, ids, 0)
+        else:
+            crowd_ids = [k + 1 for k, is_crowd in enumerate(crowd) if is_crowd]
+            ids = np.where(np.isin(ids, crowd_ids) | (things & (ids == 0)), _CROWD, ids)
+        return np.where(void, _VOID, (classes + 1) * _KEY_BASE + ids)
 
 
-def _areas(segments: np.ndarray) -> dict[int, int]:
-    keys, counts = np.unique(segments, return_counts=True)
-    return dict(zip(keys.tolist(), counts.tolist()))
+
+def _class(key: int) -> int:
+    return key // _KEY_BASE - 1
+
+
+def _crowd_key(class_id: int) -> int:
+    return (class_id + 1) * _KEY_BASE + _CROWD
+
+
+def _is_crowd(key: int) -> bool:
+    return key % _KEY_BASE == _CROWD
+
+
+def _overlaps(truth: np.ndarray, prediction: np.ndarray) -> dict[tuple[int, int], int]:
+    """Pixel counts of every (true segment, predicted segment) pair that meets."""
+    span = int(prediction.max(initial=0)) + 1
+    keys, counts = np.unique(truth.ravel() * span + prediction.ravel(), return_counts=True)
+    return dict(zip(zip((keys // span).tolist(), (keys % span).tolist()), counts.tolist()))
+
+
+def _areas(overlaps: dict[tuple[int, int], int]) -> tuple[dict[int, int], dict[int, int]]:
+    """Pixel counts of every true and every predicted segment, summed from their overlaps."""
+    true_area: dict[int, int] = {}
+    pred_area: dict[int, int] = {}
+    for (t, p), count in overlaps.items():
+        true_area[t] = true_area.get(t, 0) + count
+        pred_area[p] = pred_area.get(p, 0) + count
+    return true_area, pred_area
 
 
 def _mean(values: list[float]) -> float:

@@ -1,12 +1,19 @@
-"""Training on synthetic street scenes, generated on the fly from seeds.
+"""Training EfficientPS, in one process or in many under torchrun.
 
-Every step draws new scenes, so the network never sees one twice; a fixed set
-of held-out seeds measures the semantic mIoU as training goes. The optimiser
-is the paper's: SGD with momentum 0.9 and weight decay 1e-4, here with a
-linear warm-up and a cosine decay, and gradient clipping for the first steps
-of a network trained from scratch.
+A recipe (`config/train_*.yaml`) holds every setting of a run; flags override
+single ones. Without `--data` each step draws new synthetic street scenes; with
+it, the train split of a Cityscapes-layout dataset. The same loop runs alone
+or as one process of a DistributedDataParallel run:
 
-    python -m efficientps_ros.train --preset small --steps 2000 --out weights.safetensors
+    python -m efficientps_ros.train --recipe config/train_small_cpu.yaml --out weights.safetensors
+    torchrun --nproc_per_node 8 -m efficientps_ros.train --recipe config/train_b5_cityscapes.yaml \\
+        --data /data/cityscapes --backbone-weights tf_efficientnet_b5.safetensors --out b5.safetensors
+
+Rank 0 alone writes: the progress bar, `metrics.csv`, `validation.csv`,
+TensorBoard events, `curves.png`, `summary.json` and the training
+checkpoints in the run directory, and the inference checkpoints `--out` and
+its `.best` sibling, chosen by validation PQ. `--resume` continues a run
+from a training checkpoint exactly where it stopped.
 
 On a CPU shared with other work, OMP_WAIT_POLICY=PASSIVE keeps the OpenMP
 threads from spinning against each other, which otherwise slows steps manyfold.
@@ -14,207 +21,378 @@ threads from spinning against each other, which otherwise slows steps manyfold.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .data.synthetic import street_scene
-from .data.targets import Batch, collate, normalize, padded_size
-from .metrics import ConfusionMatrix
+from .data.targets import Batch
+from .distributed import (
+    DistContext,
+    barrier,
+    broadcast_buffers,
+    init_distributed,
+    mean_over_ranks,
+    replica_mismatches,
+    shutdown,
+    wrap_model,
+)
 from .model import build_model
-from .model.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .model.config import EfficientPSConfig, load_config, parse_size
-from .predictor import resolve_device
+from .model.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .model.config import EfficientPSConfig, config_from_dict, load_config, parse_size
+from .model.pretrained import load_backbone_weights
+from .training.batches import (
+    StepBatches,
+    step_loader,
+    step_size,
+    train_seeds,
+    val_seeds,
+    validation_scenes,
+)
+from .training.recipe import Recipe, load_recipe, lr_factor, recipe_from_dict, recipe_lr_factor
+from .training.run_log import RunLog, plot_curves
+from .training.sampler import ShardedSampler
+from .training.state import (
+    TrainingState,
+    capture_rng,
+    checkpoint_stem,
+    load_training_state,
+    read_training_info,
+    restore_rng,
+    save_training_state,
+)
+from .training.validation import better, validate
+
+__all__ = ["TrainResult", "best_path", "lr_factor", "main", "make_optimizer", "step_size", "train", "train_seeds",
+           "train_step", "val_seeds"]
 
 log = logging.getLogger(__name__)
 
-# Held-out scenes use seeds from here on; training seeds stay below it.
-VAL_SEED_BASE = 1_000_000_000
-# Training seeds of one run: seed * stride + index of the scene in the run.
-_TRAIN_SEED_STRIDE = 10_000_000
-
-MOMENTUM = 0.9
-WEIGHT_DECAY = 1e-4
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class TrainResult:
-    """What a run produced: the checkpoints and the validation history."""
+    """What a run produced: the checkpoints, the validation history, the run directory."""
 
     checkpoint: Path
     best_checkpoint: Path | None
     best_miou: float
     history: list[dict[str, float]] = field(default_factory=list)
+    best_pq: float = math.nan
+    work_dir: Path | None = None
+    iteration: int = 0
 
 
-def train_seeds(seed: int, step: int, batch_size: int) -> list[int]:
-    """The scene seeds of one step: new ones every step, never a validation seed."""
-    first = seed * _TRAIN_SEED_STRIDE + step * batch_size
-    seeds = list(range(first, first + batch_size))
-    if seeds[-1] >= VAL_SEED_BASE:
-        raise ValueError(f"run seed {seed} with {step} steps reaches the validation seeds")
-    return seeds
-
-
-def val_seeds(count: int) -> list[int]:
-    """The fixed held-out seeds."""
-    return list(range(VAL_SEED_BASE, VAL_SEED_BASE + count))
-
-
-def lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warm-up from a third of the rate, then cosine decay to zero."""
-    if step < warmup:
-        return 1.0 / 3.0 + (2.0 / 3.0) * step / warmup
-    progress = (step - warmup) / max(steps - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def make_optimizer(model: nn.Module, lr: float, steps: int, warmup: int):
-    """SGD with the paper's momentum and weight decay, and the schedule of `lr_factor`."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, warmup))
+def make_optimizer(model: nn.Module, recipe: Recipe):
+    """SGD with the recipe's momentum and weight decay, and its learning-rate schedule."""
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: recipe_lr_factor(recipe, step))
     return optimizer, scheduler
 
 
-def step_size(image_size: tuple[int, int], scale: float, divisor: int) -> tuple[int, int]:
-    """`image_size` times `scale`, rounded to multiples of `divisor` so that nothing is padded."""
-    return tuple(max(divisor, round(side * scale / divisor) * divisor) for side in image_size)
-
-
-def training_batch(
-    config: EfficientPSConfig, seeds: Sequence[int], size: tuple[int, int], rng: np.random.Generator
-) -> Batch:
-    """Scenes from `seeds` at `size`, each mirrored half of the time."""
-    scenes = [street_scene(size[0], size[1], seed=s) for s in seeds]
-    return collate(scenes, config, flip_probability=0.5, rng=rng)
-
-
 def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, device: torch.device, clip: float
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    device: torch.device,
+    clip: float,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: str = "off",
+    loss_weights: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """One SGD step on the sum of the losses; returns each loss and the gradient norm."""
-    targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
-    losses = model(batch.images.to(device), batch.image_sizes, targets)
-    total = sum(losses.values())
+    """One SGD step on the weighted sum of the losses; returns each loss and the gradient norm."""
+    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets]
+    with torch.autocast(device.type, dtype=AMP_DTYPES.get(amp), enabled=amp != "off"):
+        losses = model(batch.images.to(device, non_blocking=True), batch.image_sizes, targets)
+    weights = loss_weights or {}
+    total = sum(weights.get(k, 1.0) * v.float() for k, v in losses.items())
     if not torch.isfinite(total):
         raise FloatingPointError(f"non-finite loss: { {k: float(v) for k, v in losses.items()} }")
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
-    optimizer.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)  # the clipping limit is for the true gradient
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        total.backward()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
     values = {k: float(v.detach()) for k, v in losses.items()}
     values["loss"] = float(total.detach())
     values["grad_norm"] = float(grad_norm)
     return values
 
 
-@torch.inference_mode()
-def semantic_confusion(
-    model: nn.Module, config: EfficientPSConfig, seeds: Sequence[int], size: tuple[int, int], device: torch.device
-) -> ConfusionMatrix:
-    """Confusion of the semantic head's argmax on the scenes of `seeds`."""
-    was_training = model.training
-    model.eval()
-    confusion = ConfusionMatrix(config.num_classes)
-    padded = padded_size(size, config.size_divisor)
-    for seed in seeds:
-        scene = street_scene(size[0], size[1], seed=seed)
-        image = normalize(scene.image, config, padded)[None].to(device)
-        logits = model(image, [size])["semantic_logits"][0, :, : size[0], : size[1]]
-        confusion.update(scene.semantic, logits.argmax(0).cpu().numpy())
-    model.train(was_training)
-    return confusion
-
-
 def best_path(out: Path) -> Path:
-    """Where the checkpoint with the best validation mIoU goes, beside `out`."""
+    """Where the checkpoint with the best validation PQ goes, beside `out`."""
     return out.with_name(f"{out.stem}.best{out.suffix}")
 
 
+def default_work_dir(out: Path) -> Path:
+    """The run directory beside `out`: logs, plots and training checkpoints."""
+    return out.with_name(f"{out.stem}.run")
+
+
 def train(
-    config: EfficientPSConfig | str,
-    steps: int,
-    batch_size: int,
-    image_size: tuple[int, int],
-    lr: float,
-    out: str | Path,
+    config: EfficientPSConfig | str | None = None,
+    out: str | Path | None = None,
+    *,
+    recipe: Recipe | None = None,
     device: str = "auto",
-    seed: int = 0,
-    log_every: int = 20,
-    val_every: int = 200,
-    val_count: int = 8,
-    warmup: int = 100,
-    clip: float = 10.0,
-    scales: Sequence[float] = (1.0,),
-    save_dtype: torch.dtype = torch.float32,
     init: str | Path | None = None,
+    resume: str | Path | None = None,
+    backbone_weights: str | Path | None = None,
+    data: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    save_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    **settings: Any,
 ) -> TrainResult:
-    """Train `config` for `steps` steps and save it to `out`.
+    """Train a network and save it to `out`.
 
-    Each step uses `batch_size` new scenes at `image_size` (h, w) times a scale
-    drawn from `scales`. Every `val_every` steps and at the end the semantic
-    mIoU on `val_count` held-out scenes at `image_size` is logged, and the
-    best model so far is saved beside `out` (see `best_path`). `init` starts
-    from a checkpoint's weights instead of a fresh initialisation.
+    `config` is a preset, a YAML path or a config (default: the recipe's
+    preset). `settings` override fields of `recipe` (steps, batch_size, lr,
+    ...). `init` starts from an inference checkpoint's weights,
+    `backbone_weights` from a timm EfficientNet file, `resume` continues a
+    training checkpoint with its own recipe and config. `data` is a
+    Cityscapes-layout dataset root; without it the scenes are synthetic.
     """
-    config = load_config(config) if isinstance(config, str) else config
+    if out is None:
+        raise ValueError("train: an output checkpoint path (out) is needed")
     out = Path(out)
-    device = resolve_device(device)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = build_model(config)
-    if init is not None:
-        load_weights(model, load_checkpoint(init)[0], init)
-    model = model.to(device).train()
-    optimizer, scheduler = make_optimizer(model, lr, steps, min(warmup, steps))
-    seeds = val_seeds(val_count)
-    result = TrainResult(checkpoint=out, best_checkpoint=None, best_miou=-1.0)
-    running: dict[str, float] = {}
-    start = time.perf_counter()
-    for step in range(steps):
-        size = step_size(image_size, float(rng.choice(scales)), config.size_divisor)
-        batch = training_batch(config, train_seeds(seed, step, batch_size), size, rng)
-        values = train_step(model, optimizer, batch, device, clip)
-        scheduler.step()
-        running = {k: running.get(k, 0.0) + v for k, v in values.items()}
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            count = log_every if done % log_every == 0 else done % log_every
-            _log_losses(done, steps, {k: v / count for k, v in running.items()}, scheduler, start)
-            running = {}
-        if done % val_every == 0 or done == steps:
-            miou = semantic_confusion(model, config, seeds, image_size, device).mean_iou()
-            log.info("step %d: val mIoU %.4f on %d held-out scenes", done, miou, len(seeds))
-            if _record(result, done, miou):
-                save_checkpoint(model, config, result.best_checkpoint, dtype=save_dtype)
-    save_checkpoint(model, config, out, dtype=save_dtype)
-    log.info("saved %s (best val mIoU %.4f in %s)", out, result.best_miou, result.best_checkpoint)
-    return result
+    info = read_training_info(resume) if resume is not None else None
+    recipe, config = _resolve_setup(config, recipe, settings, info)
+    context = init_distributed(device)
+    try:
+        return _Run(context, config, recipe, out, Path(work_dir) if work_dir else default_work_dir(out),
+                    save_dtype, data, progress).run(init, backbone_weights, resume)
+    finally:
+        shutdown(context)
 
 
-def _record(result: TrainResult, step: int, miou: float) -> bool:
-    """Add a validation to the history; True when it is the best so far."""
-    result.history.append({"step": step, "miou": miou})
-    if not miou > result.best_miou:
-        return False
-    result.best_miou = miou
-    result.best_checkpoint = best_path(result.checkpoint)
-    return True
+def _resolve_setup(
+    config: EfficientPSConfig | str | None, recipe: Recipe | None, settings: dict[str, Any], info: dict | None
+) -> tuple[Recipe, EfficientPSConfig]:
+    """The recipe and config of a run; a resumed run brings its own, and flags still override the recipe."""
+    if info is not None:
+        resumed = recipe_from_dict(info["recipe"]).replace(**settings)
+        return resumed, config_from_dict(info["config"], where="training checkpoint config")
+    recipe = (recipe or Recipe()).replace(**settings)
+    if config is None:
+        config = recipe.preset
+    return recipe, load_config(config) if isinstance(config, (str, Path)) else config
 
 
-def _log_losses(step: int, steps: int, means: dict[str, float], scheduler, start: float) -> None:
-    terms = " ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in means.items() if k.startswith("loss_"))
-    log.info(
-        "step %d/%d loss %.4f (%s) grad %.2f lr %.5f %.1fs",
-        step, steps, means["loss"], terms, means["grad_norm"], scheduler.get_last_lr()[0], time.perf_counter() - start,
-    )
+class _Run:
+    """One training run on this process: the model, its optimiser, data, logs and checkpoints."""
+
+    def __init__(
+        self,
+        context: DistContext,
+        config: EfficientPSConfig,
+        recipe: Recipe,
+        out: Path,
+        work_dir: Path,
+        save_dtype: torch.dtype,
+        data: str | Path | None,
+        progress: bool,
+    ):
+        if recipe.amp == "fp16" and context.device.type != "cuda":
+            raise ValueError("amp 'fp16' needs a CUDA device; use 'bf16' or 'off' on cpu")
+        self.context, self.config, self.recipe = context, config, recipe
+        self.out, self.work_dir, self.save_dtype, self.progress = out, work_dir, save_dtype, progress
+        self.train_data, self.val_data = _datasets(data, config, recipe)
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] | None = None
+        self.log = RunLog(work_dir) if context.is_main else None
+
+    def run(self, init: str | Path | None, backbone_weights: str | Path | None, resume: str | Path | None) -> TrainResult:
+        recipe, context = self.recipe, self.context
+        # Each rank's sampling noise differs; DDP gives every rank rank 0's initial weights.
+        torch.manual_seed(recipe.seed + context.rank)
+        self.model = build_model(self.config)
+        if init is not None:
+            load_weights(self.model, load_checkpoint(init)[0], init)
+        if backbone_weights is not None:
+            load_backbone_weights(self.model.backbone, backbone_weights)
+        self.model.to(context.device).train()
+        self.optimizer, self.scheduler = make_optimizer(self.model, recipe)
+        self.scaler = torch.amp.GradScaler(context.device.type, enabled=recipe.amp == "fp16")
+        start = self._resume(resume) if resume is not None else 0
+        self.net = wrap_model(self.model, context)
+        self.sampler = ShardedSampler(
+            len(self.train_data) if self.train_data is not None else None,
+            recipe.batch_size, recipe.seed, context.rank, context.world_size,
+        )
+        batches = StepBatches(self.config, recipe, self.sampler, self.train_data)
+        loader = step_loader(batches, start, recipe.workers)
+        with logging_redirect_tqdm():
+            done = self._loop(loader, start)
+        return self._finish(done)
+
+    def _resume(self, path: str | Path) -> int:
+        state = load_training_state(path, self.model, self.optimizer, self.scheduler, self.scaler)
+        restore_rng(state.rng, self.context)
+        self.history = list(state.info.get("history", []))
+        self.best = state.info.get("best")
+        log.info("resumed %s at step %d of %d", path, state.iteration, self.recipe.steps)
+        return state.iteration
+
+    def _loop(self, loader, start: int) -> int:
+        recipe, main = self.recipe, self.context.is_main
+        bar = tqdm(total=recipe.steps, initial=start, unit="it", dynamic_ncols=True,
+                   disable=not (self.progress and main), desc="train")
+        running: dict[str, float] = {}
+        self.timing = {"data": 0.0, "total": 0.0, "steps": 0}
+        done = start
+        tick = time.perf_counter()
+        try:
+            for step, batch in zip(range(start, recipe.steps), loader):
+                fetched = time.perf_counter()
+                values = train_step(self.net, self.optimizer, batch, self.context.device, recipe.clip,
+                                    self.scaler, recipe.amp, recipe.loss_weights)
+                self.scheduler.step()
+                done = step + 1
+                values["data_time"] = fetched - tick
+                values["step_time"] = time.perf_counter() - fetched
+                self._time(values)
+                running = {k: running.get(k, 0.0) + v for k, v in values.items()}
+                if done % recipe.log_every == 0 or done == recipe.steps:
+                    self._log_train(done, running, bar)
+                    running = {}
+                bar.update(1)
+                if done % recipe.checkpoint_every == 0 or done == recipe.steps:
+                    self._save_state(done)
+                if done % recipe.val_every == 0 or done == recipe.steps:
+                    self._validate(done)
+                tick = time.perf_counter()
+        except KeyboardInterrupt:
+            # Under torchrun every rank is interrupted at its own moment, so only a
+            # lone process can save where it stopped; many resume from the last periodic save.
+            if not self.context.distributed and done > start:
+                self._save_state(done)
+                log.warning("interrupted after step %d; continue with --resume %s", done, self.work_dir / "checkpoints")
+            raise
+        finally:
+            bar.close()
+        return done
+
+    def _time(self, values: dict[str, float]) -> None:
+        # The first step pays for start-up (allocator, cuDNN autotuning); rates leave it out.
+        self.timing["steps"] += 1
+        if self.timing["steps"] > 1:
+            self.timing["data"] += values["data_time"]
+            self.timing["total"] += values["data_time"] + values["step_time"]
+
+    def _log_train(self, done: int, running: dict[str, float], bar: tqdm) -> None:
+        count = self.recipe.log_every if done % self.recipe.log_every == 0 else done % self.recipe.log_every
+        means = mean_over_ranks({k: v / count for k, v in running.items()}, self.context)
+        means["lr"] = self.scheduler.get_last_lr()[0]
+        if self.log is None:
+            return
+        self.log.train(done, means)
+        terms = {k.removeprefix("loss_"): f"{v:.3f}" for k, v in means.items() if k.startswith("loss")}
+        bar.set_postfix(terms, refresh=False)
+        if not self.progress:
+            log.info("step %d/%d %s lr %.5f", done, self.recipe.steps,
+                     " ".join(f"{k} {v}" for k, v in terms.items()), means["lr"])
+
+    def _save_state(self, done: int) -> None:
+        rng = capture_rng(self.context)  # every rank takes part
+        if not self.context.is_main:
+            return
+        info = {
+            "sampler": self.sampler.state(done),
+            "history": self.history,
+            "best": self.best,
+            "recipe": self.recipe.to_dict(),
+            "config": self.config.to_dict(),
+            "world_size": self.context.world_size,
+        }
+        stem = checkpoint_stem(self.work_dir / "checkpoints", done)
+        save_training_state(stem, self.model, self.optimizer, self.scheduler, self.scaler, TrainingState(done, rng, info))
+
+    def _validate(self, done: int) -> None:
+        if self.context.is_main:
+            # Building the predictor's network draws from the generator; the run's stream must not see it.
+            with torch.random.fork_rng(devices=[self.context.device] if self.context.device.type == "cuda" else []):
+                path = save_checkpoint(self.model, self.config, self.work_dir / "validation.safetensors")
+                metrics = validate(path, self.val_data, str(self.context.device), limit=self.recipe.val_count)
+            self.history.append({"step": done, **metrics})
+            self.log.validation(done, metrics)
+            log.info("step %d: val PQ %.4f mIoU %.4f", done, metrics["pq"], metrics["miou"])
+            if better(metrics, self.best):
+                self.best = {"step": done, **metrics}
+                save_checkpoint(self.model, self.config, best_path(self.out), dtype=self.save_dtype)
+        barrier(self.context)
+
+    def _finish(self, done: int) -> TrainResult:
+        context = self.context
+        broadcast_buffers(self.net, context)
+        different = replica_mismatches(self.net, context)
+        if different:
+            raise RuntimeError(f"the replicas' weights differ after training: {', '.join(different[:8])}")
+        if context.distributed:
+            log.info("weights bit-identical on all %d ranks after step %d", context.world_size, done)
+        if context.is_main:
+            save_checkpoint(self.model, self.config, self.out, dtype=self.save_dtype)
+            self._write_summary(done)
+            plot_curves(self.work_dir)
+            self.log.close()
+            log.info("saved %s; run directory %s", self.out, self.work_dir)
+        barrier(context)
+        best = self.best or {}
+        return TrainResult(
+            checkpoint=self.out,
+            best_checkpoint=best_path(self.out) if self.best else None,
+            best_miou=best.get("miou", -1.0),
+            history=self.history,
+            best_pq=best.get("pq", math.nan),
+            work_dir=self.work_dir,
+            iteration=done,
+        )
+
+    def _write_summary(self, done: int) -> None:
+        timing, device = self.timing, self.context.device
+        timed = max(timing["steps"] - 1, 0)
+        summary = {
+            "steps": done,
+            "timed_steps": timed,
+            "iterations_per_second": timed / timing["total"] if timing["total"] else None,
+            "data_share": timing["data"] / timing["total"] if timing["total"] else None,
+            "world_size": self.context.world_size,
+            "images_per_step": self.recipe.batch_size * self.context.world_size,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            "torch": torch.__version__,
+            "amp": self.recipe.amp,
+            "best": self.best,
+        }
+        (self.work_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def _datasets(data: str | Path | None, config: EfficientPSConfig, recipe: Recipe):
+    """The training dataset (None: synthetic) and the validation scenes."""
+    if data is None:
+        return None, validation_scenes(recipe.image_size, recipe.val_count)
+    from .data.datasets import PanopticDataset
+
+    return PanopticDataset(data, "train", config.classes), PanopticDataset(data, "val", config.classes)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -224,51 +402,66 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+# Flags that override a field of the recipe; None leaves the recipe's value.
+_RECIPE_FLAGS = (
+    "steps", "batch_size", "image_size", "crop_size", "scales", "lr", "warmup", "clip", "seed", "log_every",
+    "val_every", "val_count", "checkpoint_every", "amp", "workers", "photometric",
+)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m efficientps_ros.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="small", help="preset name or config YAML (default: small)")
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--image-size", type=_size, default=(256, 512), help="HEIGHTxWIDTH (default: 256x512)")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="image size factors drawn per step")
-    parser.add_argument("--lr", type=float, default=0.02)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--clip", type=float, default=10.0, help="gradient norm limit")
+    parser.add_argument("--out", type=Path, required=True, help="inference checkpoint to write (.safetensors)")
+    parser.add_argument("--recipe", default=None, help="training recipe YAML (default: the defaults of training/recipe.py)")
+    parser.add_argument("--preset", default=None, help="preset name or config YAML (default: the recipe's)")
+    parser.add_argument("--data", type=Path, default=None, help="Cityscapes-layout dataset root (default: synthetic)")
+    parser.add_argument("--resume", type=Path, default=None, help="training checkpoint (.json/.safetensors) or run dir")
+    parser.add_argument("--init", type=Path, default=None, help="start from this inference checkpoint's weights")
+    parser.add_argument("--backbone-weights", type=Path, default=None, help="timm EfficientNet checkpoint file")
+    parser.add_argument("--work-dir", type=Path, default=None, help="logs and training checkpoints (default: OUT.run)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=int, default=20)
-    parser.add_argument("--val-every", type=int, default=200)
-    parser.add_argument("--val-count", type=int, default=8)
-    parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights")
     parser.add_argument("--fp16", action="store_true", help="store the weights in half precision")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    recipe = parser.add_argument_group("recipe overrides")
+    recipe.add_argument("--steps", type=int)
+    recipe.add_argument("--batch-size", type=int, help="images per process and step")
+    recipe.add_argument("--image-size", type=_size, help="synthetic scenes' HEIGHTxWIDTH")
+    recipe.add_argument("--crop-size", type=_size, help="dataset crops' HEIGHTxWIDTH")
+    recipe.add_argument("--scales", type=float, nargs="+", help="synthetic image size factors drawn per step")
+    recipe.add_argument("--lr", type=float)
+    recipe.add_argument("--warmup", type=int)
+    recipe.add_argument("--clip", type=float, help="gradient norm limit")
+    recipe.add_argument("--seed", type=int)
+    recipe.add_argument("--log-every", type=int)
+    recipe.add_argument("--val-every", type=int)
+    recipe.add_argument("--val-count", type=int)
+    recipe.add_argument("--checkpoint-every", type=int)
+    recipe.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision of the forward pass")
+    recipe.add_argument("--workers", type=int, help="data loader processes")
+    recipe.add_argument("--photometric", action="store_true", default=None,
+                        help="jitter brightness, contrast, saturation, hue")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    quiet = os.environ.get("RANK", "0") != "0"  # the other ranks speak only of trouble
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    train(
-        args.preset,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        lr=args.lr,
-        out=args.out,
-        device=args.device,
-        seed=args.seed,
-        log_every=args.log_every,
-        val_every=args.val_every,
-        val_count=args.val_count,
-        warmup=args.warmup,
-        clip=args.clip,
-        scales=args.scales,
-        save_dtype=torch.float16 if args.fp16 else torch.float32,
-        init=args.init,
-    )
+    try:
+        recipe = load_recipe(args.recipe) if args.recipe else Recipe()
+        train(
+            args.preset, args.out, recipe=recipe, device=args.device, init=args.init, resume=args.resume,
+            backbone_weights=args.backbone_weights, data=args.data, work_dir=args.work_dir,
+            save_dtype=torch.float16 if args.fp16 else torch.float32, progress=not args.no_progress,
+            **{name: getattr(args, name) for name in _RECIPE_FLAGS},
+        )
+    except (ValueError, CheckpointError) as exc:
+        # Bad input of every kind (recipe, config, checkpoint, dataset, device) names itself here.
+        print(f"efficientps train: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,18 +1,120 @@
 import argparse
-import re
+import json
 
+import numpy as np
+import pytest
+
+from efficientps_ros.ros import bench_messages
 from efficientps_ros.bench import run_bench
+from efficientps_ros.bench_stages import MODEL_STAGES, ROS_STAGES, STAGES
+
+REQUIRED = {
+    "config", "height", "width", "batch", "device", "device_name", "precision", "torch_version", "compiled",
+    "stages", "total_ms", "fps", "eager_fp32_total_ms", "speedup_vs_eager", "semantic_agreement_vs_eager",
+    "node_overhead_ms", "peak_memory_mb",
+}
 
 
-def test_bench_prints_the_baseline_and_every_variant_with_ratios(capsys):
-    args = argparse.Namespace(config="small", checkpoint=None, device="cpu", precision="fp32",
-                              sizes="64x128", iterations=1)
-    assert run_bench(args) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("64x128")]
-    labels = [re.split(r"\s{2,}", row)[1] for row in rows]
-    assert labels[0].startswith("network only") and "baseline" in labels[0]
-    assert [label.split()[1] for label in labels[1:]] == ["fp32", "bf16"]
-    assert rows[0].endswith("x1.00")
-    for row in rows:
-        median, p95, ratio = re.findall(r"(\d+\.\d+)", row)[-3:]
-        assert float(median) > 0 and float(p95) >= float(median) and float(ratio) > 0
+def _args(tmp_path, **changes):
+    values = dict(config="small", checkpoint=None, device="cpu", precision="bf16", height=64, width=128, batch=1,
+                  frames=2, warmup=1, compile=False, score_threshold=None, ros="off", json=str(tmp_path / "b.json"))
+    values.update(changes)
+    return argparse.Namespace(**values)
+
+
+def _times(entry):
+    assert set(entry) == {"median_ms", "p95_ms"}
+    assert 0 < entry["median_ms"] <= entry["p95_ms"]
+    return entry["median_ms"]
+
+
+def test_without_ros_the_model_stages_are_timed_and_the_ros_stages_absent(tmp_path, capsys):
+    assert run_bench(_args(tmp_path, batch=2)) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert REQUIRED <= set(report)
+    assert (report["config"], report["height"], report["width"], report["batch"]) == ("small", 64, 128, 2)
+    assert (report["device"], report["precision"], report["compiled"], report["frames"]) == ("cpu", "bf16", False, 2)
+    assert list(report["stages"]) == list(MODEL_STAGES)
+    medians = [_times(report["stages"][stage]) for stage in MODEL_STAGES]
+    assert set(report["absent_stages"]) == set(ROS_STAGES)
+    assert all("--ros off" in why for why in report["absent_stages"].values())
+    # Absent, not zero: with no ROS stages the node's overhead is unknown.
+    assert report["node_overhead_ms"] is None
+    total = _times(report["total_ms"])
+    assert total >= max(medians)
+    assert report["fps"] == pytest.approx(2 * 1000 / total)
+    assert report["speedup_vs_eager"] == pytest.approx(report["eager_fp32_total_ms"] / report["model_ms"]["median_ms"])
+    assert list(report["eager_fp32_stages"]) == list(MODEL_STAGES)
+    assert 0 <= report["semantic_agreement_vs_eager"] <= 100
+    assert 0 <= report["detections_matched_vs_eager"] <= report["detections_eager"]
+    assert report["peak_memory_mb"] > 0
+    out = capsys.readouterr().out
+    for stage in STAGES:
+        assert stage in out
+    absent = [line.split(" absent ")[0].strip() for line in out.splitlines() if " absent " in line]
+    assert absent == list(ROS_STAGES)
+    assert "speed-up over the plain eager fp32 network: x" in out
+
+
+def test_the_same_network_agrees_fully_with_itself_in_fp32(tmp_path):
+    # fp32 differs from the baseline only by folded norms and the memory layout.
+    run_bench(_args(tmp_path, precision="fp32", score_threshold=0.05, frames=1, warmup=0))
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["semantic_agreement_vs_eager"] > 99.9
+    assert report["detections_eager"] > 0
+    assert report["detections_matched_vs_eager"] == report["detections_eager"] == report["detections"]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"frames": 0}, "--frames"),
+        ({"height": 16}, "at least 32"),
+        ({"precision": "fp16"}, "'fp16' needs a CUDA device"),
+        ({"device": "cuda:7"}, "cuda:7"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        run_bench(_args(tmp_path, **changes))
+
+
+def test_ros_required_where_there_is_none_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_messages, "ros_available", lambda: "no ROS here (no module named rclpy)")
+    with pytest.raises(ValueError, match="--ros on: no ROS here"):
+        run_bench(_args(tmp_path, ros="on"))
+
+
+@pytest.mark.skipif(bench_messages.ros_available() != "", reason="needs rclpy and vision_msgs")
+def test_with_ros_every_stage_is_timed_and_the_node_overhead_given(tmp_path):
+    # Starts a listener process: run inside the loopback-only namespace (make test).
+    run_bench(_args(tmp_path, ros="on"))
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert list(report["stages"]) == list(STAGES) and report["absent_stages"] == {}
+    overhead = report["node_overhead_ms"]
+    assert overhead >= max(report["stages"][s]["median_ms"] for s in ROS_STAGES)
+    assert overhead < report["total_ms"]["median_ms"]
+
+
+def test_variants_share_one_plain_network_whose_frames_alternate_with_theirs(tmp_path, monkeypatch):
+    from efficientps_ros import bench
+
+    built, framed = [], []
+    make, frame = bench._predictor, bench._frame
+
+    def counting_predictor(*args, optimize, **kwargs):
+        built.append(optimize)
+        return make(*args, optimize=optimize, **kwargs)
+
+    def recording_frame(predictor, *args):
+        framed.append("variant" if predictor.optimized else "plain")
+        return frame(predictor, *args)
+
+    monkeypatch.setattr(bench, "_predictor", counting_predictor)
+    monkeypatch.setattr(bench, "_frame", recording_frame)
+    arrived = []
+    reports = bench.run_variants(_args(tmp_path, frames=2, warmup=1), [("fp32", False), ("bf16", False)], arrived.append)
+    assert arrived == reports and [r["precision"] for r in reports] == ["fp32", "bf16"]
+    assert built == [False, True, True]
+    assert framed == ["plain", "variant"] * 6
+    assert all(r["frames"] == 2 and len(r["eager_fp32_stages"]) == 7 for r in reports)

@@ -22,6 +22,10 @@ KEYS = {
     "numpy": "python3-numpy",
     "yaml": "python3-yaml",
     "PIL": "python3-pil",
+    "rosgraph_msgs": "rosgraph_msgs",
+    "tqdm": "python3-tqdm",
+    "matplotlib": "python3-matplotlib",
+    "rosbags": "python3-rosbags-pip",
     "timm": "python3-timm-pip",
     # timm requires these, so its pip key installs them too.
     "torch": "python3-timm-pip",

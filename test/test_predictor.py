@@ -197,15 +197,184 @@ def test_min_stuff_area_counts_input_pixels_when_the_network_sees_half_the_size(
 def test_with_input_size_cameras_of_different_sizes_share_one_forward_pass(checkpoint, monkeypatch):
     predictor = Predictor(checkpoint=checkpoint, device="cpu", input_size=(96, 160))
     calls = []
-    forward = predictor.model.forward
+    forward = predictor.model.backbone.forward
 
-    def counting_forward(images, sizes):
+    def counting_forward(images):
         calls.append(len(images))
-        return forward(images, sizes)
+        return forward(images)
 
-    monkeypatch.setattr(predictor.model, "forward", counting_forward)
+    monkeypatch.setattr(predictor.model.backbone, "forward", counting_forward)
     images = [street_scene(120, 200, seed=8).image, street_scene(90, 300, seed=9).image]
     results = predictor.predict(images)
     assert calls == [2]
     for image, result in zip(images, results):
         _check_consistent(result, predictor.config, image.shape[:2])
+
+
+@pytest.fixture(scope="module")
+def plain(checkpoint):
+    return Predictor(checkpoint=checkpoint, device="cpu", optimize=False)
+
+
+def _agreement(a, b):
+    return (a.semantic == b.semantic).mean()
+
+
+def test_the_optimized_fp32_network_gives_the_plain_networks_output(predictor, plain):
+    assert predictor.optimized and not plain.optimized
+    assert predictor.model.backbone.parameters().__next__().dtype == torch.float32
+    image = street_scene(128, 256, seed=10).image
+    fast, reference = predictor.predict(image), plain.predict(image)
+    _check_consistent(fast, predictor.config, (128, 256))
+    # Folding the norms only reorders float arithmetic.
+    assert _agreement(fast, reference) > 0.999
+    assert [(i.class_id, i.id) for i in fast.instances] == [(i.class_id, i.id) for i in reference.instances]
+    for a, b in zip(fast.instances, reference.instances):
+        assert a.score == pytest.approx(b.score, abs=1e-3)
+
+
+def test_bf16_weights_are_cast_and_the_fusion_agrees_with_fp32():
+    # The shipped trained weights: untrained logits sit so close together that any rounding flips them.
+    image = street_scene(256, 512, seed=11).image
+    cast = Predictor("small", device="cpu", precision="bf16")
+    reference = Predictor("small", device="cpu", optimize=False)
+    assert cast.model.backbone.parameters().__next__().dtype == torch.bfloat16
+    assert reference.model.backbone.parameters().__next__().dtype == torch.float32
+    # The anchors stay fp32: bf16 cannot hold corners of a few hundred pixels exactly.
+    assert cast.model.instance_head.base_anchors.dtype == torch.float32
+    low, full = cast.predict(image), reference.predict(image)
+    _check_consistent(low, cast.config, (256, 512))
+    # Measured: 99.0 to 99.7 % on these scenes; rounding moves only boundary pixels.
+    assert _agreement(low, full) > 0.98
+    assert (low.panoptic != full.panoptic).mean() < 0.02
+    assert [i.class_id for i in low.instances] == [i.class_id for i in full.instances]
+
+
+def test_the_network_in_steps_computes_what_its_forward_computes(predictor):
+    image = street_scene(96, 160, seed=12).image
+    with torch.inference_mode():
+        batch, size = predictor._prepare([image])
+        assert batch.is_contiguous(memory_format=torch.channels_last)
+        stages = []
+        logits, detections = predictor._network(batch, [size], stages.append)
+        whole = predictor.model(batch, [size])
+    assert stages == ["backbone + FPN", "semantic head", "RoI heads"]
+    torch.testing.assert_close(logits, whole["semantic_logits"], rtol=0, atol=0)
+    for key in ("boxes", "scores", "labels", "mask_logits"):
+        torch.testing.assert_close(detections[0][key], whole["detections"][0][key], rtol=0, atol=0)
+
+
+def test_every_step_is_marked_in_order_once_per_batch(predictor):
+    stages = []
+    images = [street_scene(64, 96, seed=s).image for s in (13, 14)]
+    predictor.predict(images, on_stage=stages.append)
+    assert stages == ["upload and normalise", "backbone + FPN", "semantic head", "RoI heads", "fusion", "maps to host"]
+
+
+def test_the_one_copy_to_the_host_gives_the_same_results(checkpoint):
+    # The GPU's path: every map packed into one buffer, copied once, read back as views.
+    direct = Predictor(checkpoint=checkpoint, device="cpu")
+    packed = Predictor(checkpoint=checkpoint, device="cpu")
+    packed.packed_copy = True
+    images = [street_scene(75, 130, seed=15).image, street_scene(75, 130, seed=16).image]
+    for a, b in zip(direct.predict(images), packed.predict(images)):
+        for name in ("semantic", "instance", "panoptic"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+            assert getattr(a, name).dtype == getattr(b, name).dtype
+        assert a.instances == b.instances
+    assert len(a.instances) > 0
+
+
+def test_packed_maps_come_back_bit_exact_for_odd_sizes_and_no_detections():
+    from efficientps_ros.predictor import DeviceMaps, pack_maps, unpack_maps
+
+    rng = np.random.default_rng(0)
+    maps = [
+        DeviceMaps(
+            semantic=torch.from_numpy(rng.integers(0, 256, (h, w), dtype=np.uint8)),
+            instance=torch.from_numpy(rng.integers(0, 65536, (h, w)).astype(np.uint16).view(np.int16)),
+            panoptic=torch.from_numpy(rng.integers(-(2**31), 2**31 - 1, (h, w), dtype=np.int32)),
+            detections=torch.from_numpy(rng.standard_normal((k, 6)).astype(np.float32)),
+        )
+        for h, w, k in ((3, 5, 2), (7, 1, 0))
+    ]
+    packed, layout = pack_maps(maps)
+    assert packed.dtype == torch.uint8 and packed.dim() == 1
+    for m, (semantic, instance, panoptic, detections) in zip(maps, unpack_maps(packed.numpy(), layout)):
+        np.testing.assert_array_equal(semantic, m.semantic.numpy())
+        np.testing.assert_array_equal(instance, m.instance.numpy().view(np.uint16))
+        assert instance.dtype == np.uint16
+        np.testing.assert_array_equal(panoptic, m.panoptic.numpy())
+        np.testing.assert_array_equal(detections, m.detections.numpy())
+
+
+def test_warm_up_predicts_each_size_once_per_batch(checkpoint, monkeypatch):
+    predictor = Predictor(checkpoint=checkpoint, device="cpu")
+    calls = []
+    forward = predictor.model.backbone.forward
+
+    def counting_forward(images):
+        calls.append(tuple(images.shape))
+        return forward(images)
+
+    monkeypatch.setattr(predictor.model.backbone, "forward", counting_forward)
+    assert predictor.warm_up([(64, 96), (70, 130)], batch=2) > 0
+    assert calls == [(2, 3, 64, 96), (2, 3, 96, 160)]
+
+
+def test_compile_needs_the_optimized_network():
+    with pytest.raises(ValueError, match="compile needs the optimized network"):
+        Predictor("small", device="cpu", compile=True, optimize=False)
+
+
+def test_the_compiled_dense_part_gives_the_eager_output(checkpoint, predictor):
+    compiled = Predictor(checkpoint=checkpoint, device="cpu", compile=True)
+    image = street_scene(64, 128, seed=17).image
+    fast, reference = compiled.predict(image), predictor.predict(image)
+    assert _agreement(fast, reference) > 0.999
+    assert [i.class_id for i in fast.instances] == [i.class_id for i in reference.instances]
+
+
+def test_the_optimized_batch_is_padded_with_the_mean_colour_in_the_plain_batchs_values(predictor, plain):
+    image = street_scene(75, 130, seed=18).image
+    with torch.inference_mode():
+        fast, size = predictor._prepare([image])
+        reference, _ = plain._prepare([image])
+    assert size == (75, 130) and fast.shape == reference.shape == (1, 3, 96, 160)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=0)
+    assert (fast[..., 75:, :] == 0).all() and (fast[..., 130:] == 0).all()
+
+
+def _normalised_as_before(images, predictor, dtype):
+    """The batch as the predictor built it in four passes: float, minus mean, over std, cast and padded."""
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    batch = ((pixels - predictor._mean) / predictor._std).to(dtype)
+    divisor = predictor.config.size_divisor
+    height, width = batch.shape[-2:]
+    return torch.nn.functional.pad(batch, (0, -width % divisor, 0, -height % divisor))
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize("shape, count", [((64, 96), 1), ((75, 130), 1), ((70, 33), 2)])
+def test_the_normalised_batch_is_the_four_pass_one_exactly(checkpoint, precision, dtype, shape, count):
+    rng = np.random.default_rng(19)
+    images = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(count)]
+    predictor = Predictor(checkpoint=checkpoint, device="cpu", precision=precision)
+    with torch.inference_mode():
+        batch, size = predictor._prepare(images)
+    assert size == shape and batch.dtype == dtype
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(batch, _normalised_as_before(images, predictor, dtype), rtol=0, atol=0)
+
+
+def test_a_read_only_strided_image_is_normalised_and_left_alone(predictor):
+    # As a message view gives it: rows padded, the buffer read-only.
+    rows = np.random.default_rng(20).integers(0, 256, (40, 70 * 3 + 6), dtype=np.uint8)
+    image = np.ndarray((40, 70, 3), np.uint8, buffer=rows, strides=(70 * 3 + 6, 3, 1))
+    rows.flags.writeable = False
+    before = image.copy()
+    with torch.inference_mode():
+        batch, _ = predictor._prepare([image])
+    torch.testing.assert_close(batch, _normalised_as_before([before], predictor, torch.float32), rtol=0, atol=0)
+    assert np.array_equal(image, before)

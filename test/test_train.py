@@ -1,4 +1,4 @@
-"""The training loop: schedule, seeds, an overfit check, and checkpoints the predictor loads."""
+"""The training loop: schedule, seeds, an overfit check, checkpoints the predictor loads, exact resumption."""
 import numpy as np
 import pytest
 import torch
@@ -9,8 +9,9 @@ from efficientps_ros.data.targets import collate
 from efficientps_ros.model import build_model, load_config
 from efficientps_ros.model.checkpoint import load_checkpoint
 from efficientps_ros.predictor import Predictor
+from efficientps_ros.training.recipe import Recipe
+from efficientps_ros import train as train_module
 from efficientps_ros.train import (
-    VAL_SEED_BASE,
     best_path,
     lr_factor,
     main,
@@ -41,7 +42,7 @@ def test_lr_rises_through_the_warm_up_then_decays_to_zero():
 def test_training_seeds_are_new_every_step_and_never_validation_seeds():
     seen = [s for step in range(50) for s in train_seeds(seed=3, step=step, batch_size=4)]
     assert len(set(seen)) == len(seen) == 200
-    assert max(seen) < VAL_SEED_BASE and not set(seen) & set(val_seeds(8))
+    assert not set(seen) & set(val_seeds(8))
     assert not set(seen) & set(s for step in range(50) for s in train_seeds(seed=4, step=step, batch_size=4))
 
 
@@ -56,7 +57,7 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss():
     config = load_config("small")
     model = build_model(config).train()
     batch = collate([street_scene(64, 128, seed=s) for s in (1, 2)], config)
-    optimizer, _ = make_optimizer(model, lr=0.05, steps=8, warmup=1)
+    optimizer, _ = make_optimizer(model, Recipe(lr=0.05, steps=8, warmup=1))
     losses = [train_step(model, optimizer, batch, torch.device("cpu"), clip=50.0) for _ in range(8)]
     assert all(np.isfinite(v["loss"]) for v in losses)
     assert np.mean([v["loss"] for v in losses[-3:]]) < 0.8 * losses[0]["loss"]
@@ -73,7 +74,7 @@ def test_train_writes_checkpoints_the_predictor_loads(tmp_path):
     state = build_model(predictor.config).state_dict()
     with safe_open(str(out), framework="pt") as handle:
         assert set(handle.keys()) == set(state)
-    scene = street_scene(64, 128, seed=VAL_SEED_BASE)
+    scene = street_scene(64, 128, seed=val_seeds(1)[0])
     result = predictor.predict(scene.image)
     assert result.semantic.shape == (64, 128) and result.instance.shape == (64, 128)
 
@@ -102,3 +103,144 @@ def test_the_command_line_stores_half_precision_weights_that_load_into_fp32(tmp_
     predictor = Predictor(checkpoint=out, device="cpu")
     assert all(p.dtype == torch.float32 for p in predictor.model.parameters())
     assert predictor.predict(street_scene(64, 128, seed=1).image).semantic.shape == (64, 128)
+
+
+# Four steps with a save after the second; validation only at the end.
+_SHORT = dict(steps=4, batch_size=1, image_size=(64, 128), lr=0.01, device="cpu", val_count=1,
+              checkpoint_every=2, progress=False, scales=(0.75, 1.0), photometric=True)
+
+
+def _weights(path):
+    return load_checkpoint(path)[0]
+
+
+def _same(first, second):
+    return [name for name in first if not torch.equal(first[name], second[name])]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A four-step run, saving after steps 2 and 4."""
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("whole") / "whole.safetensors"
+    return train("small", out, **_SHORT)
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(uninterrupted, tmp_path):
+    checkpoint = uninterrupted.work_dir / "checkpoints" / "iter_0000002.json"
+    assert checkpoint.is_file() and checkpoint.with_suffix(".safetensors").is_file()
+    resumed = train("small", tmp_path / "resumed.safetensors", resume=checkpoint, **_SHORT)
+    assert resumed.iteration == 4
+    whole = _weights(uninterrupted.checkpoint)
+    assert _same(whole, _weights(tmp_path / "resumed.safetensors")) == []
+    # The equality is not that of untrained weights.
+    assert _same(whole, build_model(load_config("small")).state_dict())
+
+
+def test_an_interrupted_run_saves_where_it_stopped_and_resumes_exactly(uninterrupted, tmp_path, monkeypatch):
+    calls = []
+    real_step = train_module.train_step
+
+    def interrupted_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # Ctrl-C during the fourth step
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", interrupted_step)
+    out = tmp_path / "cut.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train("small", out, **{**_SHORT, "checkpoint_every": 100})
+    saved = sorted(p.name for p in (tmp_path / "cut.run" / "checkpoints").iterdir())
+    assert saved == ["iter_0000003.json", "iter_0000003.safetensors"] and not out.exists()
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    resumed = train("small", out, resume=tmp_path / "cut.run", **{**_SHORT, "checkpoint_every": 100})
+    assert resumed.iteration == 4
+    assert _same(_weights(uninterrupted.checkpoint), _weights(out)) == []
+    # The CSV log goes on where it stopped: the resumed run appends to it.
+    rows = (tmp_path / "cut.run" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and [r.split(",")[0] for r in rows[1:]] == ["4"]
+
+
+def test_a_run_writes_logs_curves_and_a_summary(tmp_path):
+    result = train("small", tmp_path / "logged.safetensors", **{**_SHORT, "log_every": 1, "val_every": 2})
+    run = result.work_dir
+    rows = (run / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    assert {"loss", "loss_semantic", "loss_mask", "lr", "grad_norm", "data_time", "step_time"} <= set(header)
+    validations = (run / "validation.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in validations[1:]] == ["2", "4"] and "pq" in validations[0]
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [h["step"] for h in result.history] == [2, 4]
+    best = max(result.history, key=lambda h: (h["pq"], h["miou"]))
+    assert result.best_pq == best["pq"] and best_path(tmp_path / "logged.safetensors").is_file()
+
+
+def test_bad_settings_are_refused_by_name(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "x.safetensors"), "--steps", "0"]) == 2
+    assert "steps: expected at least 1" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "x.safetensors"), "--amp", "fp16", "--device", "cpu"]) == 2
+    assert "amp 'fp16' needs a CUDA device" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "x.safetensors"), "--resume", str(tmp_path / "none.json")]) == 2
+    assert "training checkpoint file not found" in capsys.readouterr().err
+
+
+def test_backbone_weights_from_a_timm_file_start_the_run(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    state = timm.create_model("tf_efficientnet_b0", pretrained=False).state_dict()
+    path = tmp_path / "b0.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    out = tmp_path / "from_timm.safetensors"
+    # A zero learning rate leaves the convs as they were loaded.
+    train("small", out, backbone_weights=path, **{**_SHORT, "steps": 1, "lr": 0.0})
+    weights = _weights(out)
+    for key in ("conv_stem.weight", "blocks.4.2.conv_pw.weight", "conv_head.weight"):
+        assert torch.equal(weights[f"backbone.{key}"], state[key])
+
+
+def test_training_on_a_cityscapes_layout_dataset(tmp_path):
+    from efficientps_ros.data.cityscapes_layout import DatasetWriter
+    from efficientps_ros.model.config import CITYSCAPES_CLASSES
+
+    root = tmp_path / "city"
+    for split, count in (("train", 3), ("val", 2)):
+        with DatasetWriter(root, split, CITYSCAPES_CLASSES) as writer:
+            for index in range(count):
+                scene = street_scene(96, 160, seed=100 * len(split) + index)
+                writer.write(f"town_{index:06d}_000019", scene.image, scene.semantic, scene.instance, scene.crowd)
+    out = tmp_path / "city.safetensors"
+    argv = ["--data", str(root), "--steps", "2", "--batch-size", "2", "--crop-size", "64x128", "--val-count", "2",
+            "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    assert out.is_file()
+    rows = (tmp_path / "city.run" / "validation.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("2,")
+    # Two steps of two images from three: the second epoch has begun, as the sampler says.
+    meta = (tmp_path / "city.run" / "checkpoints" / "iter_0000002.json").read_text()
+    assert '"epoch": 1' in meta and '"offset": 1' in meta
+    assert main([*argv[:1], str(tmp_path / "nowhere"), *argv[2:]]) == 2
+
+
+def test_mixed_precision_and_the_grad_scaler_run_the_same_step():
+    config = load_config("small")
+    batch = collate([street_scene(64, 128, seed=3)], config)
+    results = {}
+    for mode in ("plain", "scaled", "bf16"):
+        torch.manual_seed(0)
+        model = build_model(config).train()
+        optimizer, _ = make_optimizer(model, Recipe(lr=0.05, steps=4, warmup=0))
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, enabled=mode == "scaled")
+        values = train_step(model, optimizer, batch, torch.device("cpu"), 10.0, scaler, "bf16" if mode == "bf16" else "off")
+        results[mode] = (values, model.state_dict())
+    plain, scaled, half = results["plain"], results["scaled"], results["bf16"]
+    # A power-of-two loss scale, undone before clipping, gives the same gradient norm and update.
+    assert scaled[0]["grad_norm"] == pytest.approx(plain[0]["grad_norm"], rel=1e-5)
+    for name, value in plain[1].items():
+        torch.testing.assert_close(scaled[1][name], value, rtol=1e-5, atol=1e-7)
+    # bf16 computes in lower precision, but the weights stay fp32 and the losses close.
+    assert all(v.dtype == plain[1][k].dtype for k, v in half[1].items())
+    assert half[0]["loss_semantic"] == pytest.approx(plain[0]["loss_semantic"], rel=0.05)

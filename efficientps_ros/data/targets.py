@@ -53,12 +53,15 @@ def make_target(
     instance_classes: Sequence[int],
     config: EfficientPSConfig,
     padded: tuple[int, int] | None = None,
+    crowd: Sequence[bool] = (),
 ) -> dict[str, Tensor]:
     """The network's target dict for one image, padded to `padded` (h, w).
 
     semantic: HxW train ids, 255 void; instance: HxW, k for the k-th entry of
-    `instance_classes` (train ids). Instances of stuff classes or without
-    pixels are left out. Returns `semantic` [H', W'] long (255 in the padding),
+    `instance_classes` (train ids). Instances of stuff classes, without
+    pixels, or flagged in `crowd` are left out: a crowd is one region of many
+    objects, no instance to learn, though its pixels still teach the
+    semantic head their class. Returns `semantic` [H', W'] long (255 in the padding),
     `boxes` [N, 4] float32, `labels` [N] long thing index, `masks` [N, H', W'] uint8.
     """
     height, width = semantic.shape
@@ -70,7 +73,7 @@ def make_target(
     boxes = instance_boxes(instance, len(instance_classes))
     keep = [
         k for k, train_id in enumerate(instance_classes)
-        if config.classes[train_id].is_thing and boxes[k, 2] >= 0
+        if config.classes[train_id].is_thing and boxes[k, 2] >= 0 and not (k < len(crowd) and crowd[k])
     ]
     masks = torch.zeros((len(keep), *padded), dtype=torch.uint8)
     ids = torch.from_numpy(instance.astype(np.int64))
@@ -85,8 +88,8 @@ def make_target(
 
 
 def scene_target(scene: Scene, config: EfficientPSConfig, padded: tuple[int, int] | None = None) -> dict[str, Tensor]:
-    """`make_target` for a synthetic scene."""
-    return make_target(scene.semantic, scene.instance, scene.instance_classes, config, padded)
+    """`make_target` for a scene, its crowds left out."""
+    return make_target(scene.semantic, scene.instance, scene.instance_classes, config, padded, scene.crowd)
 
 
 def normalize(image: np.ndarray, config: EfficientPSConfig, padded: tuple[int, int] | None = None) -> Tensor:

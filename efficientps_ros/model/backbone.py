@@ -12,7 +12,7 @@ import torch
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from torch import nn
 
-from .config import BackboneConfig
+from .config import BACKBONE_NAMES, BackboneConfig
 from .norm import NormAct
 
 LEAKY_SLOPE = 0.01
@@ -81,7 +81,18 @@ def _rebuild_block(block: nn.Module, eps: float, name: str) -> nn.Module:
     )
 
 
+def check_backbone_name(name: str) -> None:
+    """Only plain architecture names reach timm: a hub prefix or a pretrained
+    tag would make it download, in the middle of configuring a node."""
+    if not isinstance(name, str) or not BACKBONE_NAMES.fullmatch(name):
+        raise ValueError(
+            f"backbone.name: {name!r} is not allowed; allowed: efficientnet_b0 .. efficientnet_b8 and "
+            "tf_efficientnet_b0 .. tf_efficientnet_b8, plain timm names without a source prefix or pretrained tag"
+        )
+
+
 def _create_timm(config: BackboneConfig) -> nn.Module:
+    check_backbone_name(config.name)
     try:
         net = timm.create_model(
             config.name, pretrained=False, num_classes=0, global_pool="", drop_path_rate=config.drop_path_rate

@@ -13,9 +13,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from .config import EfficientPSConfig, config_from_dict
+from .config import EfficientPSConfig, config_from_dict, parse_document
 
 FORMAT = "efficientps_ros/1"
+# The precisions a checkpoint may store floating-point tensors in.
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # How many names a mismatch message lists before it summarises.
 _MAX_LISTED = 8
 
@@ -57,9 +59,10 @@ def read_config(path: str | Path) -> EfficientPSConfig:
             f"{path}: not an efficientps_ros checkpoint (metadata format {metadata.get('format')!r}); "
             "convert the authors' checkpoints with `efficientps convert-official`"
         )
+    where = f"{path} config"
     try:
-        return config_from_dict(json.loads(metadata["config"]), where=f"{path} config")
-    except (json.JSONDecodeError, ValueError) as exc:
+        return config_from_dict(parse_document(metadata["config"], where, "json"), where=where)
+    except ValueError as exc:
         raise CheckpointError(f"{path}: stored config is invalid ({exc})") from None
 
 
@@ -74,7 +77,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Efficien
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Copy `state` into `model`, refusing any missing, unexpected or misshapen tensor."""
+    """Copy `state` into `model`, refusing any missing, unexpected, misshapen,
+    mistyped or non-finite tensor by name."""
     problems = state_dict_mismatch(model.state_dict(), state)
     if problems:
         raise CheckpointError(f"{source}: does not fit the model: {problems}")
@@ -82,19 +86,58 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str |
 
 
 def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
-    """A readable list of differences between two state dicts, or '' if they fit."""
+    """A readable list of differences between two state dicts, or '' if they fit.
+
+    Besides names and shapes, dtypes and values are checked: a tensor of the
+    wrong kind, or one holding NaN or Inf, would load and run silently and
+    make every output meaningless.
+    """
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
+    common = [k for k in expected if k in given]
     reshaped = [
         f"{k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}"
-        for k in expected
-        if k in given and given[k].shape != expected[k].shape
+        for k in common
+        if given[k].shape != expected[k].shape
     ]
+    retyped = [problem for k in common if (problem := _dtype_problem(k, expected[k], given[k]))]
+    # Values are read only once the layout fits: a memory-mapped file's data
+    # is not touched for a file that is refused anyway.
+    layout_fits = not (missing or unexpected or reshaped or retyped)
+    non_finite = [problem for k in common if (problem := _non_finite(k, given[k]))] if layout_fits else []
     parts = []
-    for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)):
+    for label, names in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", reshaped),
+        ("wrong dtype", retyped),
+        ("non-finite", non_finite),
+    ):
         if names:
             parts.append(f"{len(names)} {label}: {_listing(names)}")
     return "; ".join(parts)
+
+
+def _dtype_problem(key: str, expected: torch.Tensor, given: torch.Tensor) -> str:
+    """Floats may be stored in any of the precisions the model runs in; counters keep their type."""
+    if expected.is_floating_point():
+        if given.dtype in FLOAT_DTYPES:
+            return ""
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)
+    elif given.dtype == expected.dtype:
+        return ""
+    else:
+        allowed = str(expected.dtype).removeprefix("torch.")
+    return f"{key} {str(given.dtype).removeprefix('torch.')} (allowed: {allowed})"
+
+
+def _non_finite(key: str, tensor: torch.Tensor) -> str:
+    # A float64 sum of finite fp32 values cannot overflow, so it is finite
+    # exactly when every value is; it costs half of isfinite().all().
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum(dtype=torch.float64))):
+        return ""
+    nans = int(torch.isnan(tensor).sum())
+    return f"{key} ({nans} NaN, {int((~torch.isfinite(tensor)).sum()) - nans} Inf)"
 
 
 def _listing(names: list[str]) -> str:

@@ -8,11 +8,85 @@ so a checkpoint is self-describing.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import math
+import re
+import reprlib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+VOID_TRAIN_ID = 255
+
+# The timm architectures the backbone is built from: plain names only, since a
+# hub prefix ("hf-hub:") or a pretrained tag (".ra_in1k") makes timm download.
+BACKBONE_NAMES = re.compile(r"(tf_)?efficientnet_b[0-8]")
+
+# Limits the outputs impose: the semantic image is mono8 with 255 for void,
+# and a panoptic id is label id x 1000 + k in an int32, 0 being void.
+MAX_CLASSES = VOID_TRAIN_ID
+MAX_LABEL_ID = 2**16 - 1
+MAX_INSTANCES = 999
+# A parsed config deeper than this is no config; far deeper, the parsers recurse out.
+MAX_NESTING = 32
+MAX_CONFIG_CHARS = 1_000_000
+# The backbone's deepest feature has stride 32; padding to less breaks the FPN.
+BACKBONE_STRIDE = 32
+# A config name is part of the packaged weights' file name, so no path in it.
+CONFIG_NAMES = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+CLASS_NAMES = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """What values one config field allows; `problem` says why a value is not one of them.
+
+    Numbers lie in [low, high], or (low, high] with `low_open`; a tuple field's
+    bound applies to each of its values, and `count` limits how many a
+    variable-length tuple holds. Strings match `pattern`, described by `text`.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    multiple_of: int = 1
+    count: tuple[int, int] = (0, 64)
+    pattern: re.Pattern | None = None
+    text: str = ""
+
+    def describe(self) -> str:
+        if self.pattern is not None:
+            return self.text
+        multiple = f", a multiple of {self.multiple_of}" if self.multiple_of > 1 else ""
+        if self.low_open:
+            return f"more than {_number(self.low)} and at most {_number(self.high)}{multiple}"
+        return f"{_number(self.low)} to {_number(self.high)}{multiple}"
+
+    def problem(self, value: Any) -> str:
+        if self.pattern is not None:
+            return "" if self.pattern.fullmatch(value) else f"{_shown(value)} is not allowed; allowed: {self.describe()}"
+        inside = (value > self.low if self.low_open else value >= self.low) and value <= self.high
+        if inside and (self.multiple_of == 1 or value % self.multiple_of == 0):
+            return ""
+        return f"{_number(value)} is out of range; allowed: {self.describe()}"
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else _shown(value)
+
+
+def ranged(default: Any = dataclasses.MISSING, low: float | None = None, high: float | None = None, **more) -> Any:
+    """A dataclass field whose values are checked against `Bound(low, high, **more)`."""
+    return field(default=default, metadata={"bound": Bound(low, high, **more)})
+
+
+def fraction(default: float) -> Any:
+    return ranged(default, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -24,10 +98,10 @@ class ClassInfo:
     panoptic image (Cityscapes convention).
     """
 
-    train_id: int
-    label_id: int
-    name: str
-    color: tuple[int, int, int]
+    train_id: int = ranged(low=0, high=MAX_CLASSES - 1)
+    label_id: int = ranged(low=1, high=MAX_LABEL_ID)
+    name: str = ranged(pattern=CLASS_NAMES, text="1 to 64 printable characters")
+    color: tuple[int, int, int] = ranged(low=0, high=255)
     is_thing: bool
 
 
@@ -59,90 +133,98 @@ CITYSCAPES_CLASSES: tuple[ClassInfo, ...] = tuple(
     )
 )
 
-VOID_TRAIN_ID = 255
-
 
 @dataclass
 class BackboneConfig:
-    # Any timm EfficientNet name; the "tf_" variants carry TF "same" padding.
-    name: str = "tf_efficientnet_b5"
+    # A timm EfficientNet B0..B8; the "tf_" variants carry TF "same" padding.
+    name: str = ranged(
+        "tf_efficientnet_b5",
+        pattern=BACKBONE_NAMES,
+        text="efficientnet_b0 .. efficientnet_b8 or tf_efficientnet_b0 .. tf_efficientnet_b8 "
+        "(plain timm names, no source prefix or pretrained tag)",
+    )
     # Stages whose outputs feed the FPN at strides 4, 8 and 16; stride 32 is
     # the head conv after the last stage.
-    tap_stages: tuple[int, int, int] = (1, 2, 4)
-    norm_eps: float = 1e-3
-    drop_path_rate: float = 0.0
+    tap_stages: tuple[int, int, int] = ranged((1, 2, 4), 0, 6)
+    norm_eps: float = ranged(1e-3, 0.0, 1.0, low_open=True)
+    drop_path_rate: float = ranged(0.0, 0.0, 0.9)
 
 
 @dataclass
 class RPNConfig:
-    anchor_scale: float = 8.0  # anchor side = anchor_scale * stride
-    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_scale: float = ranged(8.0, 0.0, 1024.0, low_open=True)  # anchor side = anchor_scale * stride
+    anchor_ratios: tuple[float, ...] = ranged((0.5, 1.0, 2.0), 1 / 64, 64.0, count=(1, 16))
     # Proposals kept per level before NMS and in total after it.
-    pre_nms_top_n_train: int = 2000
-    post_nms_top_n_train: int = 2000
-    pre_nms_top_n_test: int = 1000
-    post_nms_top_n_test: int = 1000
-    nms_threshold: float = 0.7
-    min_box_size: float = 0.0
+    pre_nms_top_n_train: int = ranged(2000, 1, 100_000)
+    post_nms_top_n_train: int = ranged(2000, 1, 100_000)
+    pre_nms_top_n_test: int = ranged(1000, 1, 100_000)
+    post_nms_top_n_test: int = ranged(1000, 1, 100_000)
+    nms_threshold: float = fraction(0.7)
+    min_box_size: float = ranged(0.0, 0.0, 10_000.0)
     # Anchor assignment for the loss.
-    fg_iou_threshold: float = 0.7
-    bg_iou_threshold: float = 0.3
-    batch_size_per_image: int = 256
-    positive_fraction: float = 0.5
+    fg_iou_threshold: float = fraction(0.7)
+    bg_iou_threshold: float = fraction(0.3)
+    batch_size_per_image: int = ranged(256, 1, 100_000)
+    positive_fraction: float = fraction(0.5)
 
 
 @dataclass
 class RoIConfig:
-    box_roi_size: int = 7
-    mask_roi_size: int = 14
-    sampling_ratio: int = 2
+    box_roi_size: int = ranged(7, 1, 64)
+    mask_roi_size: int = ranged(14, 1, 128)
+    sampling_ratio: int = ranged(2, 0, 16)  # 0: adaptive, as roi_align takes it
     # mmdetection's level mapping: level = floor(log2(sqrt(area) / scale)).
-    finest_scale: float = 56.0
-    box_fc_channels: int = 1024
-    mask_channels: int = 256
-    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    finest_scale: float = ranged(56.0, 0.0, 10_000.0, low_open=True)
+    box_fc_channels: int = ranged(1024, 1, 4096)
+    mask_channels: int = ranged(256, 1, 1024)
+    box_coder_weights: tuple[float, float, float, float] = ranged((10.0, 10.0, 5.0, 5.0), 0.0, 1000.0, low_open=True)
     # Proposal sampling for the box and mask losses.
-    fg_iou_threshold: float = 0.5
-    bg_iou_threshold: float = 0.5
-    batch_size_per_image: int = 256
-    positive_fraction: float = 0.25
+    fg_iou_threshold: float = fraction(0.5)
+    bg_iou_threshold: float = fraction(0.5)
+    batch_size_per_image: int = ranged(256, 1, 100_000)
+    positive_fraction: float = fraction(0.25)
     # Detections passed to the fusion.
-    score_threshold: float = 0.5
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
+    score_threshold: float = fraction(0.5)
+    nms_threshold: float = fraction(0.5)
+    detections_per_image: int = ranged(100, 1, MAX_INSTANCES)
 
 
 @dataclass
 class FusionConfig:
-    score_threshold: float = 0.5
-    nms_threshold: float = 0.5
-    max_instances: int = 100
-    overlap_threshold: float = 0.5
+    score_threshold: float = fraction(0.5)
+    nms_threshold: float = fraction(0.5)
+    max_instances: int = ranged(100, 1, MAX_INSTANCES)
+    overlap_threshold: float = fraction(0.5)
     # A pasted mask pixel belongs to the instance above this probability.
-    mask_threshold: float = 0.5
-    min_stuff_area: int = 2048
-    mask_logit_scale: float = 4.0
+    mask_threshold: float = fraction(0.5)
+    min_stuff_area: int = ranged(2048, 0, 2**31 - 1)
+    mask_logit_scale: float = ranged(4.0, 0.0, 1000.0)
 
 
 @dataclass
 class EfficientPSConfig:
-    name: str = "b5_cityscapes"
+    name: str = ranged(
+        "b5_cityscapes", pattern=CONFIG_NAMES, text="1 to 64 letters, digits, '_', '.' or '-', not starting with '.'"
+    )
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    fpn_channels: int = 256
-    semantic_channels: int = 128
-    dpc_dilations: tuple[tuple[int, int], ...] = ((1, 6), (1, 1), (6, 21), (18, 15), (6, 3))
+    fpn_channels: int = ranged(256, 1, 1024)
+    semantic_channels: int = ranged(128, 1, 1024)
+    # The five DPC branches' (rows, columns) dilations.
+    dpc_dilations: tuple[tuple[int, int], ...] = ranged(
+        ((1, 6), (1, 1), (6, 21), (18, 15), (6, 3)), 1, 128, count=(5, 5)
+    )
     # eps of every norm outside the backbone.
-    head_norm_eps: float = 1e-5
+    head_norm_eps: float = ranged(1e-5, 0.0, 1.0, low_open=True)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi: RoIConfig = field(default_factory=RoIConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     # RGB, 0-255 scale, applied to the uint8 image: the authors' Cityscapes
     # statistics, which their checkpoints were trained with.
-    pixel_mean: tuple[float, float, float] = (106.433, 116.617, 119.559)
-    pixel_std: tuple[float, float, float] = (65.496, 67.6, 74.123)
+    pixel_mean: tuple[float, float, float] = ranged((106.433, 116.617, 119.559), 0.0, 255.0)
+    pixel_std: tuple[float, float, float] = ranged((65.496, 67.6, 74.123), 0.0, 255.0, low_open=True)
     # Both sides of the network's input are padded to a multiple of this.
-    size_divisor: int = 32
-    classes: tuple[ClassInfo, ...] = CITYSCAPES_CLASSES
+    size_divisor: int = ranged(32, BACKBONE_STRIDE, 1024, multiple_of=BACKBONE_STRIDE)
+    classes: tuple[ClassInfo, ...] = ranged(CITYSCAPES_CLASSES, count=(2, MAX_CLASSES))
 
     @property
     def num_classes(self) -> int:
@@ -175,6 +257,16 @@ class EfficientPSConfig:
         return _from_plain(cls, data, "config")
 
 
+def check_config(config: EfficientPSConfig, where: str = "config") -> EfficientPSConfig:
+    """Every field's type and range, and the class table; ValueError names the first bad field.
+
+    For configs built in code, which no parser has seen.
+    """
+    if not isinstance(config, EfficientPSConfig):
+        raise ValueError(f"{where}: expected an EfficientPSConfig, got {type(config).__name__}")
+    return _validate(_from_plain(EfficientPSConfig, config.to_dict(), where))
+
+
 def _validate(config: EfficientPSConfig) -> EfficientPSConfig:
     """Refuse class tables the network cannot represent."""
     train_ids = [c.train_id for c in config.classes]
@@ -185,8 +277,12 @@ def _validate(config: EfficientPSConfig) -> EfficientPSConfig:
         raise ValueError("config.classes: stuff classes must come before thing classes")
     if config.num_things == 0 or config.num_stuff == 0:
         raise ValueError("config.classes: at least one stuff and one thing class are needed")
-    if len(config.dpc_dilations) != 5:
-        raise ValueError(f"config.dpc_dilations: DPC has 5 branches, got {len(config.dpc_dilations)}")
+    label_ids = [c.label_id for c in config.classes]
+    if len(set(label_ids)) != len(label_ids):
+        repeated = sorted({i for i in label_ids if label_ids.count(i) > 1})
+        raise ValueError(
+            f"config.classes: label ids {repeated} are used twice; the panoptic image could not tell them apart"
+        )
     return config
 
 
@@ -198,58 +294,84 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 2, 40, 40
+
+
+def _shown(value: Any) -> str:
+    """A short repr, safe for values nested arbitrarily deep."""
+    return _SHOWN.repr(value)
+
+
 def _from_plain(cls: type, data: Any, where: str) -> Any:
     """Build dataclass `cls` from nested dicts/lists, naming the bad key on error."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ValueError(f"{where}: expected a mapping, got {_shown(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(str(k) for k in set(data) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
-    defaults = cls()
+    required = [f.name for f in fields.values() if _no_default(f) and f.name not in data]
+    if required:
+        raise ValueError(f"{where}: missing keys {required}")
+    hints = _hints(cls)
     kwargs = {}
     for key, value in data.items():
-        current = getattr(defaults, key)
-        kwargs[key] = _coerce(current, value, f"{where}.{key}")
+        kwargs[key] = _coerce(hints[key], value, fields[key].metadata.get("bound"), f"{where}.{key}")
     return cls(**kwargs)
 
 
-def _coerce(current: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(current):
-        return _from_plain(type(current), value, where)
-    if isinstance(current, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        if current and isinstance(current[0], ClassInfo):
-            return tuple(_class_info(v, f"{where}[{i}]") for i, v in enumerate(value))
-        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true or false, got {value!r}")
-        return value
+def _no_default(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(hint: Any, value: Any, bound: Bound | None, where: str) -> Any:
+    """`value` as the type `hint` names, inside `bound`; ValueError names `where` and the allowed values."""
+    if dataclasses.is_dataclass(hint):
+        return _from_plain(hint, value, where)
+    if typing.get_origin(hint) is tuple:
+        return _coerce_tuple(hint, value, bound, where)
+    scalar = _scalar(hint, value, where)
+    problem = bound.problem(scalar) if bound is not None and not isinstance(scalar, bool) else ""
+    if problem:
+        raise ValueError(f"{where}: {problem}")
+    return scalar
+
+
+def _coerce_tuple(hint: Any, value: Any, bound: Bound | None, where: str) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: expected a list, got {_shown(value)}")
+    args = typing.get_args(hint)
+    if len(args) == 2 and args[1] is Ellipsis:
+        low, high = bound.count if bound is not None else Bound().count
+        if not low <= len(value) <= high:
+            allowed = str(low) if low == high else f"{low} to {high}"
+            raise ValueError(f"{where}: {len(value)} values given; allowed: {allowed}")
+        args = (args[0],) * len(value)
+    elif len(value) != len(args):
+        raise ValueError(f"{where}: expected {len(args)} values, got {len(value)}: {_shown(value)}")
+    return tuple(_coerce(h, v, bound, f"{where}[{i}]") for i, (h, v) in enumerate(zip(args, value)))
+
+
+def _scalar(hint: Any, value: Any, where: str) -> Any:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(current, float) and is_number:
-        return float(value)
-    if isinstance(current, int) and is_number and float(value).is_integer():
-        return int(value)
-    if isinstance(current, str) and isinstance(value, str):
+    if hint is bool and isinstance(value, bool):
         return value
-    raise ValueError(f"{where}: expected {type(current).__name__}, got {value!r}")
-
-
-def _class_info(value: Any, where: str) -> ClassInfo:
-    if not isinstance(value, dict):
-        raise ValueError(f"{where}: expected a mapping with train_id, label_id, name, color, is_thing")
-    try:
-        return ClassInfo(
-            train_id=int(value["train_id"]),
-            label_id=int(value["label_id"]),
-            name=str(value["name"]),
-            color=tuple(int(c) for c in value["color"]),
-            is_thing=bool(value["is_thing"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: bad class entry {value!r} ({exc})") from None
+    if hint is float and is_number:
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if hint is int and is_number and float(value).is_integer():
+        return int(value)
+    if hint is str and isinstance(value, str):
+        return value
+    expected = {bool: "true or false", float: "a number", int: "an integer", str: "a string"}.get(hint, str(hint))
+    raise ValueError(f"{where}: expected {expected}, got {_shown(value)}")
 
 
 def b5_cityscapes() -> EfficientPSConfig:
@@ -295,22 +417,58 @@ def load_config(name_or_path: str | Path) -> EfficientPSConfig:
     if not path.is_file():
         raise ValueError(f"unknown model config {key!r}: not a preset ({', '.join(PRESETS)}) and no such file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot be read ({exc})") from None
+    data = parse_document(text, str(path), "yaml")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
-    return _validate(config_from_dict(data, where=str(path)))
+    return config_from_dict(data, where=str(path))
+
+
+def parse_document(text: str, where: str, kind: str) -> Any:
+    """YAML or JSON text as plain data; one that is too large or nested too deep
+    is refused with a message, not with a RecursionError from the parser."""
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ValueError(f"{where}: {len(text)} characters; a config has at most {MAX_CONFIG_CHARS}")
+    try:
+        data = json.loads(text) if kind == "json" else yaml.safe_load(text)
+    except RecursionError:
+        raise ValueError(f"{where}: nested more than {MAX_NESTING} levels deep") from None
+    except (ValueError, yaml.YAMLError) as exc:  # ValueError: also integers too long to convert
+        raise ValueError(f"{where}: not valid {kind.upper()} ({exc})") from None
+    _check_nesting(data, where)
+    return data
+
+
+def _check_nesting(data: Any, where: str) -> None:
+    """Refuse containers nested deeper than MAX_NESTING, walking without recursion."""
+    pending = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= MAX_NESTING:
+                    raise ValueError(f"{where}: nested more than {MAX_NESTING} levels deep")
+                pending.append((child, depth + 1))
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> EfficientPSConfig:
-    """Build a config from a mapping; `preset: NAME` starts from that preset."""
+    """Build a config from a mapping; `preset: NAME` starts from that preset.
+
+    Every field is checked for its type and range; ValueError names the first
+    bad field and what it allows.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {_shown(data)}")
+    _check_nesting(data, where)
     data = dict(data)
     preset = data.pop("preset", None)
     if preset is None:
         return _validate(_from_plain(EfficientPSConfig, data, where))
-    if preset not in PRESETS:
-        raise ValueError(f"{where}: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ValueError(f"{where}: unknown preset {_shown(preset)}; known: {', '.join(PRESETS)}")
     merged = _deep_merge(PRESETS[preset]().to_dict(), data)
     return _validate(_from_plain(EfficientPSConfig, merged, where))
 

@@ -6,7 +6,8 @@ logits' device:
 1. detections with a score above the threshold, after NMS within each class,
    at most `max_instances`, by decreasing score;
 2. each 28x28 mask logit pasted into the image (bilinear; zero outside the
-   mask grid);
+   mask grid; mirrored for a box with x2 < x1). A box with no width or no
+   height is dropped: the authors' paste divides by zero there;
 3. in score order, an instance whose binary mask lies more than
    `overlap_threshold` of its area on instances kept before it is dropped;
 4. per instance, MLA = `mask_logit_scale` x the pasted logits and MLB = the
@@ -62,6 +63,7 @@ def panoptic_fusion(semantic_logits: Tensor, detections: dict[str, Tensor], conf
     size = tuple(logits.shape[-2:])
 
     order = select_detections(detections["boxes"], detections["scores"], detections["labels"], config)
+    order = order[pasteable(detections["boxes"][order].float(), size, detections["mask_logits"].shape[-1])]
     boxes = detections["boxes"][order].float()
     scores = detections["scores"][order]
     labels = detections["labels"][order].long()
@@ -103,11 +105,13 @@ def select_detections(boxes: Tensor, scores: Tensor, labels: Tensor, config: Eff
 def paste_masks(mask_logits: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
     """Mask logits `[K, M, M]` resampled into their boxes of an image: `[K, H, W]`.
 
-    Image pixel centre `p + 0.5` falls at `M * (p + 0.5 - x1) / (x2 - x1)` in
-    the mask, whose cell centres are at `k + 0.5`; values are interpolated
-    bilinearly, with zero beyond the grid, as the authors' inverse RoI
-    sampling does. Bilinear weights separate by axis, so the paste is two
-    small matrix products.
+    As the authors' inverse RoI sampling: image pixel centre `p + 0.5` falls
+    at `M * (p + 0.5 - x1) / (x2 - x1)` in the mask, whose cell centres are at
+    `k + 0.5`; values are interpolated bilinearly, with zero beyond the grid.
+    The extent is signed, so a box with `x2 < x1` pastes its mask mirrored
+    between `x2` and `x1`. A box with no extent gives NaN, as theirs does:
+    leave out what `pasteable` refuses. Bilinear weights separate by axis, so
+    the paste is two small matrix products.
     """
     grid = mask_logits.shape[-1]
     rows = _interpolation_weights(boxes[:, 1], boxes[:, 3], size[0], grid)
@@ -115,15 +119,41 @@ def paste_masks(mask_logits: Tensor, boxes: Tensor, size: tuple[int, int]) -> Te
     return rows @ mask_logits @ cols.transpose(1, 2)
 
 
+def pasteable(boxes: Tensor, size: tuple[int, int], grid: int) -> Tensor:
+    """Which boxes `[K, 4]` paste a finite mask: bool `[K]`.
+
+    Where the authors' code divides by a zero extent, its paste is NaN over
+    the whole image, and then no instance of the frame wins a pixel; only
+    that detection is left out here.
+    """
+    finite = [
+        torch.isfinite(torch.stack(_inverse_span(boxes[:, a], boxes[:, b], length, grid))).all(dim=0)
+        for a, b, length in ((1, 3, size[0]), (0, 2, size[1]))
+    ]
+    return finite[0] & finite[1]
+
+
+def _inverse_span(start: Tensor, end: Tensor, length: int, grid: int) -> tuple[Tensor, Tensor]:
+    """Where the image's first and last edges fall in the mask grid, for boxes from `start` to `end`."""
+    extent = end - start
+    return -grid * start / extent, grid * (length - start) / extent
+
+
 def _interpolation_weights(start: Tensor, end: Tensor, length: int, grid: int) -> Tensor:
-    """`[K, length, grid]`: the weight of each mask cell in each image pixel along one axis."""
-    centres = torch.arange(length, device=start.device, dtype=torch.float32) + 0.5
-    extent = (end - start).clamp(min=1e-6)
-    position = grid * (centres[None] - start[:, None]) / extent[:, None] - 0.5
-    low = position.floor()
-    frac = (position - low)[..., None]
+    """`[K, length, grid]`: the weight of each mask cell in each image pixel along one axis.
+
+    In the float32 operations of the authors' `invert_roi_bbx` and
+    `roi_sampling`, so that a pixel falls where it falls in theirs: far from
+    the box their span is large, and its rounding shows in the mask.
+    """
+    first, last = _inverse_span(start, end, length, grid)
+    centres = (torch.arange(length, device=start.device, dtype=torch.float32) + 0.5) / length
+    position = centres[None] * (last - first)[:, None] + first[:, None]
+    # Their cell index and offset are taken in double precision.
+    low = torch.floor(position.double() - 0.5)
+    frac = (position.double() - (low + 0.5)).float()[..., None]
+    low = low.float()[..., None]
     cells = torch.arange(grid, device=start.device, dtype=torch.float32)
-    low = low[..., None]
     return (cells == low) * (1.0 - frac) + (cells == low + 1.0) * frac
 
 

@@ -3,13 +3,15 @@
 Their file is a pickle: `{'meta': {...}, 'state_dict': OrderedDict, 'optimizer': ...}`.
 It is read with `torch.load(weights_only=True)`, so it cannot execute code;
 the numpy scalar types their `meta` may hold are allowed by name, nothing
-else. Every tensor is renamed to this project's module names and checked
-against `b5_cityscapes`.
+else. A zip-format file's directory is checked before anything in it is
+unpacked. Every tensor is renamed to this project's module names and checked
+against `b5_cityscapes` by name and shape before its data is read.
 """
 from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +31,6 @@ PREFIXES: tuple[tuple[str, str], ...] = (
 )
 
 
-
 def _allowed_globals() -> list:
     """Numbers in an mmcv `meta` may be numpy scalars: the only globals allowed
     beyond weights_only's own."""
@@ -42,6 +43,10 @@ def _allowed_globals() -> list:
 
 
 DATASETS = ("cityscapes", "kitti")
+# Their Cityscapes file, optimizer state included, is well under 1 GB.
+MAX_CHECKPOINT_BYTES = 4 * 2**30
+# The pickle holds only names, shapes and the mmcv meta.
+MAX_PICKLE_BYTES = 64 * 2**20
 # inplace_abn before 1.1 had no batch counter; ours is rebuilt as zero.
 _OPTIONAL_SUFFIX = ".num_batches_tracked"
 
@@ -63,13 +68,21 @@ def our_key(key: str) -> str:
 
 
 def read_official(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of an mmcv checkpoint, loaded without executing code."""
+    """The state dict of an mmcv checkpoint, loaded without executing code.
+
+    A zip-format file (torch >= 1.6) is checked from its table of contents
+    first, then memory-mapped: tensor names and shapes are known before any
+    tensor data is read, and only the tensors used are ever read.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    zipped = zipfile.is_zipfile(path)
+    if zipped:
+        check_archive(path)
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as exc:
         refused = re.search(r"GLOBAL (\S+)", str(exc))
         what = f"it holds the type {refused.group(1)}" if refused else _first_line(exc)
@@ -82,6 +95,37 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no state_dict of tensors inside")
     return state
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a zip-format .pth whose table of contents promises more than it should hold.
+
+    torch.save stores every entry uncompressed, so a compressed one can only be
+    crafted, and would be unpacked in full by torch.load: a 1 MB file can
+    declare gigabytes of zeros. Sizes are read from the zip's directory; no
+    entry is unpacked here.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{path}: entry {entry.filename!r} is compressed ({entry.file_size:,} bytes declared in "
+                f"{entry.compress_size:,}); torch.save stores entries uncompressed, so the file was altered"
+            )
+        if entry.filename.endswith(".pkl") and entry.file_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(
+                f"{path}: entry {entry.filename!r} declares {entry.file_size:,} bytes of names and metadata; "
+                f"allowed: at most {MAX_PICKLE_BYTES:,}"
+            )
+    declared = sum(entry.file_size for entry in entries)
+    if declared > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(
+            f"{path}: its entries declare {declared:,} bytes; allowed: at most {MAX_CHECKPOINT_BYTES:,}"
+        )
 
 
 def convert_state_dict(theirs: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 As in the authors' mmdetection v1 code: a box of side `s = sqrt(w * h)`
 (inclusive widths) is read from level `floor(log2(s / finest_scale))`,
 clamped to the four levels; RoIAlign is the legacy, unaligned one, whose
-boxes reach one pixel past `x2`; class index 0 is the background.
+boxes reach one pixel past `x2` and keep sizes under one feature pixel
+(`roi_align.py`); class index 0 is the background.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torchvision.ops import roi_align
 from .boxes import assign_boxes, box_iou_inclusive, decode_boxes, encode_boxes, nms_inclusive, sample_boxes
 from .config import RoIConfig
 from .norm import SeparableConv
+from .roi_align import multilevel_legacy_roi_align
 
 # Smooth L1 of the box head's deltas: mmdetection's beta of 1.
 BOX_SMOOTH_L1_BETA = 1.0
@@ -38,17 +40,9 @@ def roi_features(
 ) -> Tensor:
     """RoIAlign `[K, C, S, S]` of `rois` `[K, 5]` (image index, x1, y1, x2, y2), each from its level."""
     levels = roi_levels(rois[:, 1:], config.finest_scale, len(features))
-    # The legacy kernel reads a box as ending at x2 + 1; torchvision's unaligned one ends at x2.
-    shifted = rois.float() + rois.new_tensor([0.0, 0.0, 0.0, 1.0, 1.0], dtype=torch.float32)
-    out = features[0].new_zeros(rois.shape[0], features[0].shape[1], output_size, output_size)
-    for level, (feature, stride) in enumerate(zip(features, strides)):
-        index = torch.nonzero(levels == level, as_tuple=False).flatten()
-        if index.numel():
-            pooled = roi_align(
-                feature, shifted[index], output_size, 1.0 / stride, config.sampling_ratio, aligned=False
-            )
-            out = out.index_put((index,), pooled.to(out.dtype))
-    return out
+    scales = [1.0 / stride for stride in strides]
+    pooled = multilevel_legacy_roi_align(features, scales, rois, levels, output_size, config.sampling_ratio)
+    return pooled.to(features[0].dtype)
 
 
 class BoxHead(nn.Module):

@@ -1,176 +1,250 @@
-"""`make demo`: the node in its own process, fed a synthetic camera stream.
+"""`make demo`: a synthetic drive, played into the node as a recorded drive would be.
 
-This process plays the camera and the consumer: it publishes street scenes on
-/camera/image_raw, listens to every output of the node, prints what arrived
-and writes the last frame's input, overlay and maps to the output folder.
+The demo makes (or reuses) a drive bag, starts the node with use_sim_time,
+plays the bag into it with `bag play --clock`, records what it publishes with
+`bag record`, and then reads the recording: frames in and out, dropped
+frames and latency per stage, PNG panels (input | semantic | instances |
+panoptic) of every frame, and an animated GIF of the overlay over the drive.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from PIL import Image as PILImage
-from rclpy.executors import SingleThreadedExecutor
+from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from vision_msgs.msg import Detection2DArray
 
-from ..data.synthetic import street_scene
-from .camera import IMAGE_OUTPUTS, LABEL_INFO_QOS
-from .image_codec import array_to_image, image_to_array
+from ..model.config import CITYSCAPES_CLASSES
+from ..visualize import class_palette, instance_shades
+from .bag.source import BagSource
+from .bag.synth import DriveOptions, synth_bag
+from .camera import output_topics
+from .image_codec import image_to_array, to_rgb8
+from .middleware import FASTDDS_BUILTIN_TRANSPORTS
 
 CAMERA = "/camera/image_raw"
-OUTPUTS = "/camera/efficientps"
+OUTPUTS = output_topics(CAMERA, "efficientps")
+START_TIMEOUT_S = 180.0
+# After the last frame is played, the node still has it to process.
+DRAIN_S = 3.0
+# Beyond the drive's own length: up to 30 s waiting for subscribers, and slack.
+PLAY_MARGIN_S = 60.0
 
 
-def _start_node(log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # The paper's min_stuff_area of 2048 px is for 1024x2048 frames; the demo's are a sixth of that.
-    command = [sys.executable, "-m", "efficientps_ros.ros.node", "--ros-args", "-p", f"image_topics:=['{CAMERA}']",
-               "-p", "min_stuff_area:=256"]
-    log = log_path.open("w")
-    # Same process group as the demo: whoever stops the demo stops the node too.
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+@dataclass(frozen=True)
+class DemoOptions:
+    """The synthetic drive to play (one raw camera), and where the demo writes."""
+
+    drive: DriveOptions = DriveOptions()
+    out: Path = Path("outputs/demo")
 
 
-def _stop_node(node: subprocess.Popen) -> None:
-    if node.poll() is None:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait()
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "efficientps_ros.cli", *args]
 
 
-class _Consumer:
-    """Subscribes to every output and keeps what came, keyed by input stamp."""
+class Processes:
+    """The demo's children, each logging to a file in the output folder; all stopped on exit."""
 
-    def __init__(self, node):
-        self.received: dict[str, dict[int, object]] = defaultdict(dict)
-        self.arrival: dict[tuple[str, int], float] = {}
-        self.label_info = None
-        for name in IMAGE_OUTPUTS:
-            node.create_subscription(Image, f"{OUTPUTS}/{name}", self._keeper(name), 10)
-        node.create_subscription(Detection2DArray, f"{OUTPUTS}/detections", self._keeper("detections"), 10)
-        node.create_subscription(LabelInfo, f"{OUTPUTS}/label_info", self._label_info, LABEL_INFO_QOS)
+    def __init__(self, logs: Path):
+        self._logs = logs
+        self._children: list[subprocess.Popen] = []
+        self._env = dict(os.environ, PYTHONUNBUFFERED="1", FASTDDS_BUILTIN_TRANSPORTS=FASTDDS_BUILTIN_TRANSPORTS)
 
-    def _keeper(self, name: str):
-        def keep(msg) -> None:
-            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-            self.received[name][stamp] = msg
-            self.arrival[(name, stamp)] = time.monotonic()
+    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = (self._logs / f"{name}.log").open("w")
+        child = subprocess.Popen(command, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
+        self._children.append(child)
+        return child
 
-        return keep
+    def log(self, name: str) -> str:
+        return (self._logs / f"{name}.log").read_text(errors="replace")
 
-    def _label_info(self, msg) -> None:
-        self.label_info = msg
+    @staticmethod
+    def stop(child: subprocess.Popen, timeout: float = 20.0) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+    def stop_all(self) -> None:
+        for child in reversed(self._children):
+            self.stop(child)
 
 
-def _wait(executor, condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        executor.spin_once(timeout_sec=0.05)
-    return condition()
-
-
-def run_demo(frames: int = 20, out: Path = Path("outputs/demo"), height: int = 384, width: int = 768) -> int:
+def run_demo(options: DemoOptions = DemoOptions()) -> int:
+    out = options.out
     out.mkdir(parents=True, exist_ok=True)
-    # This process and the node must share the transport, or they do not talk.
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-    node_process = _start_node(out / "node.log")
-    rclpy.init()
-    demo = rclpy.create_node("efficientps_demo_camera")
-    executor = SingleThreadedExecutor()
-    executor.add_node(demo)
+    drive = _drive(options)
+    recorded = out / "recorded"
+    shutil.rmtree(recorded, ignore_errors=True)
+    processes = Processes(out)
     try:
-        consumer = _Consumer(demo)
-        camera = demo.create_publisher(Image, CAMERA, 10)
-        print(f"waiting for the node to load its model and subscribe to {CAMERA} ...")
-        if not _wait(executor, lambda: camera.get_subscription_count() > 0, 120.0):
-            print(f"the node did not come up; its log is in {out / 'node.log'}", file=sys.stderr)
+        node = processes.start("node", [sys.executable, "-m", "efficientps_ros.ros.node", "--ros-args",
+                                        "-p", f"image_topics:=['{CAMERA}']", "-p", "use_sim_time:=true",
+                                        # The paper's 2048 px is for 1024x2048 frames.
+                                        "-p", "min_stuff_area:=256"])
+        recorder = processes.start("record", _cli("bag", "record", str(recorded), "--all-outputs",
+                                                  "--topics", CAMERA, "/diagnostics"))
+        print(f"waiting for the node to load its model and publish its outputs (logs in {out}/) ...", flush=True)
+        if not _wait_for_recording(processes, node):
+            print(f"the node did not come up; see {out / 'node.log'}", file=sys.stderr)
             return 1
-        sent = _stream(executor, demo, camera, frames, height, width)
-        _wait(executor, lambda: len(consumer.received["panoptic"]) >= 1 and _settled(consumer, sent), 30.0)
-        return _report(consumer, sent, out)
+        print(f"playing {drive} into the node with bag play --clock ...", flush=True)
+        started = time.monotonic()
+        # Two subscribers on the camera: the node, and the recorder that times it.
+        play = processes.start("play", _cli("bag", "play", str(drive), "--clock", "--wait-for-subscribers", "30",
+                                            "--subscribers", "2"))
+        try:
+            play.wait(timeout=options.drive.seconds + PLAY_MARGIN_S)
+        except subprocess.TimeoutExpired:
+            print(f"bag play did not finish in time; stopped (see {out / 'play.log'})", file=sys.stderr)
+        time.sleep(DRAIN_S)
+        processes.stop(recorder)
+        print(f"played in {time.monotonic() - started:.1f} s", flush=True)
     finally:
-        demo.destroy_node()
-        rclpy.try_shutdown()
-        _stop_node(node_process)
+        processes.stop_all()
+    return _report(drive, recorded, out, options.drive.rate)
 
 
-def _stream(executor, demo, camera, frames: int, height: int, width: int) -> dict:
-    """Publish at 5 Hz; a slow model drops frames, and the node counts them."""
-    sent = {}
-    for index in range(frames):
-        scene = street_scene(height, width, seed=index)
-        msg = array_to_image(scene.image, "rgb8")
-        msg.header.stamp = demo.get_clock().now().to_msg()
-        msg.header.frame_id = "camera"
-        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-        sent[stamp] = (scene.image, time.monotonic())
-        camera.publish(msg)
-        _wait(executor, lambda: False, 0.2)
-    return sent
+def _drive(options: DemoOptions) -> Path:
+    """The drive bag for these options, made once and reused after."""
+    drive = options.drive
+    path = options.out / f"drive_{drive.height}x{drive.width}_{drive.rate:g}hz_{drive.seconds:g}s"
+    if (path / "metadata.yaml").exists():
+        print(f"reusing the synthetic drive {path}")
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    frames = synth_bag(path, drive)
+    print(f"wrote a synthetic drive of {frames} frames to {path}")
+    return path
 
 
-def _settled(consumer: _Consumer, sent: dict) -> bool:
-    last = max(consumer.received["panoptic"], default=None)
-    return last == max(sent)
+def _wait_for_recording(processes: Processes, node: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    wanted = [f"recording {topic} " for topic in OUTPUTS.values()]
+    while time.monotonic() < deadline and node.poll() is None:
+        log = processes.log("record")
+        if all(line in log for line in wanted):
+            time.sleep(1.0)  # until the node has matched the recorder's subscriptions too
+            return True
+        time.sleep(0.2)
+    return False
 
 
-def _report(consumer: _Consumer, sent: dict, out: Path) -> int:
-    print(f"\nsent {len(sent)} frames of {next(iter(sent.values()))[0].shape[1::-1]} (w, h) rgb8 to {CAMERA}")
-    ok = True
-    for name in (*IMAGE_OUTPUTS, "detections"):
-        got = consumer.received[name]
-        stamps_ok = all(stamp in sent for stamp in got)
-        latencies = [consumer.arrival[(name, s)] - sent[s][1] for s in got if s in sent]
-        detail = ""
-        if got and name != "detections":
-            msg = next(iter(got.values()))
-            detail = f"{msg.encoding:6s} {msg.width}x{msg.height}"
-        median = f"{statistics.median(latencies) * 1000:7.0f} ms" if latencies else "      -"
-        print(f"  {OUTPUTS}/{name:11s} {len(got):3d} msgs  {detail:16s} latency median {median}"
-              f"  headers match inputs: {stamps_ok}")
-        ok &= bool(got) and stamps_ok
-    classes = len(consumer.label_info.class_map) if consumer.label_info else 0
-    print(f"  {OUTPUTS}/label_info  {classes} classes, void included (transient local)")
-    ok &= classes > 0
-    if consumer.received["detections"]:
-        counts = [len(m.detections) for m in consumer.received["detections"].values()]
-        print(f"  instances per frame: {counts}")
-    _save_last(consumer, sent, out)
-    print(f"\nwrote the last frame's input, overlay and maps to {out}/ (node log: {out / 'node.log'})")
+@dataclass
+class Recording:
+    """What the recorder got, by header stamp (ns): messages and their arrival (bag) times."""
+
+    inputs: dict[int, int]
+    outputs: dict[str, dict[int, tuple[int, object]]]
+    diagnostics: DiagnosticArray | None
+
+
+def _read_recording(path: Path) -> Recording:
+    types = {"semantic": Image, "instance": Image, "panoptic": Image, "overlay": Image,
+             "detections": Detection2DArray}
+    topics = {OUTPUTS[name]: name for name in types}
+    recording = Recording({}, {name: {} for name in types}, None)
+    with BagSource(path) as bag:
+        for message in bag.messages():
+            if message.topic == CAMERA:
+                stamp = _stamp_of(bag.decode(message, Image))
+                recording.inputs[stamp] = message.timestamp
+            elif message.topic in topics:
+                name = topics[message.topic]
+                decoded = bag.decode(message, types[name])
+                recording.outputs[name][_stamp_of(decoded)] = (message.timestamp, decoded)
+            elif message.topic == "/diagnostics":
+                recording.diagnostics = bag.decode(message, DiagnosticArray)
+    return recording
+
+
+def _stamp_of(message) -> int:
+    return message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
+
+
+def _report(drive: Path, recorded: Path, out: Path, rate: float) -> int:
+    with BagSource(drive) as bag:
+        frames = {_stamp_of(bag.decode(m, Image)): m for m in bag.messages({CAMERA})}
+        images = {s: to_rgb8(bag.decode(m, Image)) for s, m in frames.items()}
+    recording = _read_recording(recorded)
+    print(f"\nframes in:  {len(images)} played from {drive} ({rate:g} Hz)")
+    for name, got in recording.outputs.items():
+        matched = sum(stamp in images for stamp in got)
+        print(f"frames out: {len(got):3d} on {OUTPUTS[name]:34s} headers matching an input: {matched}/{len(got)}")
+    overlays = recording.outputs["overlay"]
+    print(f"dropped:    {len(images) - len(overlays)} frames (the node keeps only the newest frame when busy)")
+    _print_latencies(recording)
+    written = _write_panels(images, recording, out)
+    gif = _write_gif(images, overlays, out, rate)
+    print(f"\nwrote {written} panels (input | semantic | instances | panoptic) to {out}/panels/"
+          f"\nwrote the overlay over the drive to {gif}\nrecording in {recorded}, logs in {out}/")
+    ok = bool(overlays) and all(stamp in images for got in recording.outputs.values() for stamp in got)
     return 0 if ok else 1
 
 
-def _save_last(consumer: _Consumer, sent: dict, out: Path) -> None:
-    """The last frame as input | overlay | instances, and its semantic and instance maps."""
-    stamp = max(consumer.received["overlay"], default=None)
-    if stamp is None or stamp not in consumer.received["instance"]:
-        return
-    image = sent[stamp][0]
-    overlay = image_to_array(consumer.received["overlay"][stamp])
-    instance = np.ascontiguousarray(image_to_array(consumer.received["instance"][stamp]))
-    panels = np.concatenate([image, overlay, _instance_view(image, instance)], axis=1)
-    PILImage.fromarray(panels).save(out / "input_overlay_instances.png")
-    PILImage.fromarray(instance).save(out / "instance.png")
-    if stamp in consumer.received["semantic"]:
-        semantic = np.ascontiguousarray(image_to_array(consumer.received["semantic"][stamp]))
-        PILImage.fromarray(semantic).save(out / "semantic.png")
+def _print_latencies(recording: Recording) -> None:
+    ends = [arrived - recording.inputs[stamp] for stamp, (arrived, _) in recording.outputs["overlay"].items()
+            if stamp in recording.inputs]
+    print("latency per stage (median / p95):")
+    values = _camera_values(recording.diagnostics)
+    if values:
+        print(f"  model (network and fusion), in the node      {values['model_time_median_ms']:>7s} ms")
+        print(f"  receive to publish, in the node              {values['latency_median_ms']:>7s} / "
+              f"{values['latency_p95_ms']} ms")
+        print(f"  the node's own count (last report): {values['frames_received']} received, "
+              f"{values['frames_published']} published, {values['frames_dropped']} dropped, "
+              f"{values['frames_lost_in_transport']} lost in transport")
+    if ends:
+        print(f"  camera to overlay, end to end at the recorder {statistics.median(ends) / 1e6:>6.0f} / "
+              f"{np.percentile(ends, 95) / 1e6:.0f} ms")
 
 
-def _instance_view(image: np.ndarray, instance: np.ndarray) -> np.ndarray:
+def _camera_values(diagnostics: DiagnosticArray | None) -> dict[str, str]:
+    if diagnostics is None:
+        return {}
+    for status in diagnostics.status:
+        if status.name.endswith(f"camera {CAMERA}"):
+            return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def _write_panels(images: dict[int, np.ndarray], recording: Recording, out: Path) -> int:
+    folder = out / "panels"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    palette = class_palette(CITYSCAPES_CLASSES)
+    semantic, instance = recording.outputs["semantic"], recording.outputs["instance"]
+    written = 0
+    for index, stamp in enumerate(sorted(images)):
+        if stamp not in semantic or stamp not in instance:
+            continue
+        labels = np.ascontiguousarray(image_to_array(semantic[stamp][1]))
+        ids = np.ascontiguousarray(image_to_array(instance[stamp][1]))
+        image = images[stamp]
+        panel = np.concatenate([image, palette[labels], instance_view(image, ids), panoptic_view(labels, ids, palette)],
+                               axis=1)
+        PILImage.fromarray(panel).save(folder / f"frame_{index:04d}.png")
+        written += 1
+    return written
+
+
+def instance_view(image: np.ndarray, instance: np.ndarray) -> np.ndarray:
     """Each instance in its own bright colour over a dimmed grey input."""
     grey = (image.mean(axis=2) // 2).astype(np.uint8)
     view = np.repeat(grey[..., None], 3, axis=2)
@@ -178,3 +252,20 @@ def _instance_view(image: np.ndarray, instance: np.ndarray) -> np.ndarray:
     things = instance > 0
     view[things] = palette[instance[things]]
     return view
+
+
+def panoptic_view(semantic: np.ndarray, instance: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Class colours, each instance in its own shade of its class colour, as the overlay paints them."""
+    view = palette[semantic]
+    things = instance > 0
+    view[things] = instance_shades(view[things], instance[things])
+    return view
+
+
+def _write_gif(images: dict[int, np.ndarray], overlays: dict, out: Path, rate: float) -> Path:
+    """The overlay of every frame that got one, at the drive's own rate."""
+    path = out / "overlay.gif"
+    frames = [PILImage.fromarray(image_to_array(overlays[s][1])) for s in sorted(images) if s in overlays]
+    if frames:
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / rate), loop=0)
+    return path

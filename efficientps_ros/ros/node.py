@@ -2,37 +2,60 @@
 
 configure loads the model and checks the parameters, activate creates the
 topics and starts the inference thread, deactivate stops them, cleanup frees
-the model. With `autostart` (the default) the node walks to active by itself.
+the model. With `autostart` (the default) the node walks to active by itself,
+and exits with status 1 when it cannot. SIGINT and SIGTERM stop the worker
+before the ROS context goes, and the process exits 0.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import time
-from functools import partial
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Header
 
-from ..predictor import Predictor
-from .camera import CameraOutputs, subscribe
-from .diagnostics import CameraStats, DiagnosticsReporter
+from .camera import CameraInput, CameraOutputs
+from .diagnostics import CameraStats, DiagnosticsReporter, lifecycle_status
 from .frame_slots import FrameSlots
 from .memory import keep_freed_memory
-from .params import SPECS_BY_NAME, NodeSettings, ParameterError, check_change, current_values, declare
-from .pipeline import PerceptionPipeline
+from .params import (
+    SPECS_BY_NAME,
+    NodeSettings,
+    ParameterError,
+    check_change,
+    current_values,
+    declare,
+    shared_prefix_problem,
+)
 from .worker import InferenceWorker
+
+if TYPE_CHECKING:  # torch comes with them, and takes seconds to import: see load_model
+    from ..predictor import Predictor
+    from .pipeline import PerceptionPipeline
 
 NODE_NAME = "efficientps"
 # Seconds between two identical error logs of one camera.
 ERROR_THROTTLE_S = 5.0
+# How long a shutdown waits for a batch still in the model before the process exits anyway.
+SHUTDOWN_WAIT_S = 5.0
+# How often the main loop looks for a stop signal between executor callbacks.
+SPIN_PERIOD_S = 0.1
+# Once the node stops, for whatever reason, the process ends within this, even if
+# tearing down the middleware stalls (Fast DDS can block joining its TCP threads).
+EXIT_DEADLINE_S = 15.0
 
 
 @dataclass
@@ -44,8 +67,6 @@ class Configured:
     weights: str
     weights_level: bytes
     reporter: DiagnosticsReporter
-    diagnostics_publisher: Any
-    diagnostics_timer: Any
 
     def model_values(self) -> dict[str, str]:
         """The model's side of /diagnostics."""
@@ -66,17 +87,24 @@ class Active:
     outputs: dict[str, CameraOutputs]
     stats: dict[str, CameraStats]
     slots: FrameSlots
-    subscriptions: list[Any]
+    inputs: list[CameraInput]
     pipeline: PerceptionPipeline
     worker: InferenceWorker
 
 
 def load_model(settings: NodeSettings) -> Predictor:
     """The predictor the settings ask for; ValueError (CheckpointError) names a bad file or value."""
+    # Imported at configure, so that a refused start-up parameter is answered without waiting for torch.
+    from ..predictor import Predictor
+
     checkpoint = settings.model_checkpoint or None
     config = settings.model_preset_or_config or (None if checkpoint else "small")
     predictor = Predictor(config, checkpoint, settings.device, settings.precision, settings.inference_size)
     predictor.set_fusion(**settings.fusion)
+    if settings.inference_size is not None:
+        # Every frame reaches the network at this size, so the first real one need not pay for
+        # allocation, cuDNN's search or compilation.
+        predictor.warm_up([settings.inference_size], batch=len(settings.image_topics))
     return predictor
 
 
@@ -99,9 +127,28 @@ class EfficientPSNode(LifecycleNode):
         super().__init__(NODE_NAME, **kwargs)
         self._configured: Configured | None = None
         self._active: Active | None = None
+        # A deactivated worker whose batch is still in the model; joined before the model is used again.
+        self._retired: InferenceWorker | None = None
+        self._configure_failure = ""
+        self._declared = False
+        self._refusal: str | None = None
         self.add_on_set_parameters_callback(self._check_parameters)
-        declare(self)
+        try:
+            declare(self, lambda: self._refusal)
+        except ParameterError:
+            # Its middleware entities go before the context does, or the process may hang at exit.
+            self.destroy_node()
+            raise
+        self._declared = True
         self.add_post_set_parameters_callback(self._apply_live_parameters)
+        # /diagnostics from the start, so that a failed configure is seen; on a steady
+        # clock, so that use_sim_time without /clock does not stop it.
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer = self.create_timer(
+            self.get_parameter("diagnostics_period").value,
+            self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+        )
 
     @property
     def autostart(self) -> bool:
@@ -109,35 +156,38 @@ class EfficientPSNode(LifecycleNode):
 
     # Lifecycle transitions -------------------------------------------------
 
+    def start(self) -> bool:
+        """configure, then activate; False when either failed (the reason is logged)."""
+        return (
+            self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            and self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        )
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             settings = NodeSettings.from_values(current_values(self))
             predictor = load_model(settings)
         except Exception as exc:  # noqa: BLE001 - rclpy would swallow it without a word
-            self._log_failure("configure", exc)
+            self._configure_failure = self._log_failure("configure", exc)
             return TransitionCallbackReturn.FAILURE
+        self._configure_failure = ""
         weights, level = describe_weights(settings, predictor)
         # Without a checkpoint of their own, users must hear that this is not a real-street model.
         log = self.get_logger().info if settings.model_checkpoint else self.get_logger().warning
         log(f"model {predictor.config.name} on {predictor.device} ({predictor.precision}); weights: {weights}")
-        self._configured = Configured(
-            settings,
-            predictor,
-            weights,
-            level,
-            DiagnosticsReporter(NODE_NAME, str(predictor.device)),
-            self.create_publisher(DiagnosticArray, "/diagnostics", 10),
-            self.create_timer(settings.diagnostics_period, self._publish_diagnostics),
-        )
+        reporter = DiagnosticsReporter(self.get_name(), str(predictor.device))
+        self._configured = Configured(settings, predictor, weights, level, reporter)
+        self._diagnostics_timer.timer_period_ns = round(settings.diagnostics_period * 1e9)
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._join_retired_worker(None)
         try:
             self._active = self._start_cameras(self._configured)
         except Exception as exc:  # noqa: BLE001 - rclpy would swallow it without a word
             self._log_failure("activate", exc)
             return TransitionCallbackReturn.FAILURE
-        topics = ", ".join(f"{topic} -> {out.prefix}" for topic, out in self._active.outputs.items())
+        topics = ", ".join(f"{topic} -> {out.prefix}/*" for topic, out in self._active.outputs.items())
         self.get_logger().info(f"active: {topics}")
         return TransitionCallbackReturn.SUCCESS
 
@@ -146,43 +196,62 @@ class EfficientPSNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._join_retired_worker(None)
         self._free_model()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_cameras()
-        self._free_model()
+        # A batch still in the model after this is abandoned with the daemon thread.
+        if self._join_retired_worker(SHUTDOWN_WAIT_S):
+            self._free_model()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_cameras()
+        self._join_retired_worker(None)
         self._free_model()
         return TransitionCallbackReturn.SUCCESS
 
-    def _log_failure(self, transition: str, exc: Exception) -> None:
-        """Bad settings or files get their message alone; anything else is a bug and gets its traceback."""
+    def _log_failure(self, transition: str, exc: Exception) -> str:
+        """Log why `transition` failed and return it in one line.
+
+        Bad settings or files get their message alone; anything else is a bug and gets its traceback.
+        """
         if isinstance(exc, ValueError):
-            self.get_logger().error(f"{transition} failed: {exc}")
+            reason, detail = f"{transition} failed: {exc}", ""
         else:
-            self.get_logger().error(f"{transition} failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            reason, detail = f"{transition} failed: {type(exc).__name__}: {exc}", f"\n{traceback.format_exc()}"
+        self.get_logger().error(reason + detail)
+        return reason
 
     # The objects behind the transitions ------------------------------------
 
     def _start_cameras(self, configured: Configured) -> Active:
+        """Subscribe first: each camera's outputs are named after the topic its subscription resolved to."""
         settings = configured.settings
-        topics = settings.image_topics
-        outputs = {topic: CameraOutputs(self, topic, settings) for topic in topics}
-        stats = {topic: CameraStats(ERROR_THROTTLE_S) for topic in topics}
+        inputs = [
+            CameraInput(self, topic, settings, self._on_frame, self._on_lost, self._on_incompatible_qos)
+            for topic in settings.image_topics
+        ]
+        cameras = [camera.name for camera in inputs]
+        # Names that were distinct as parameters may meet once resolved; one topic twice shares its prefix too.
+        problem = shared_prefix_problem(cameras, settings.output_namespace)
+        if problem:
+            for camera in inputs:
+                camera.destroy()
+            raise ValueError(f"{problem} (resolved: {', '.join(cameras)})")
+        outputs = {camera: CameraOutputs(self, camera, settings) for camera in cameras}
+        stats = {camera: CameraStats(ERROR_THROTTLE_S) for camera in cameras}
         self._publish_label_info(configured, outputs)
-        slots = FrameSlots(topics)
+        slots = FrameSlots(cameras)
+        from .pipeline import PerceptionPipeline  # torch, imported by now with the predictor
+
         pipeline = PerceptionPipeline(configured.predictor, settings, outputs, stats, self.get_logger().error)
         worker = InferenceWorker(slots, pipeline.process, self._on_worker_failure)
-        subscriptions = [
-            subscribe(self, topic, settings, self._receiver(slots, topic), partial(slots.record_lost, topic))
-            for topic in topics
-        ]
+        configured.reporter.start_cameras(cameras, time.monotonic())
         worker.start()
-        return Active(outputs, stats, slots, subscriptions, pipeline, worker)
+        return Active(outputs, stats, slots, inputs, pipeline, worker)
 
     def _publish_label_info(self, configured: Configured, outputs: dict[str, CameraOutputs]) -> None:
         """The class table and the score threshold, latched for late subscribers."""
@@ -190,31 +259,51 @@ class EfficientPSNode(LifecycleNode):
         for out in outputs.values():
             out.publish_label_info(configured.predictor.config.classes, configured.settings.score_threshold, header)
 
-    @staticmethod
-    def _receiver(slots: FrameSlots, topic: str):
-        def receive(message: Any) -> None:
-            slots.put(topic, message)
+    # Subscription callbacks: they run on the executor, as do the transitions.
 
-        return receive
+    def _on_frame(self, camera: str, message: Any) -> None:
+        if self._active is not None:
+            self._active.slots.put(camera, message)
+
+    def _on_lost(self, camera: str, count: int) -> None:
+        if self._active is not None:
+            self._active.slots.record_lost(camera, count)
+
+    def _on_incompatible_qos(self, camera: str, policy: str) -> None:
+        if self._active is not None and self._active.stats[camera].record_incompatible_qos(policy):
+            self.get_logger().warning(
+                f"camera {camera}: a publisher's QoS is incompatible with this subscription ({policy}); "
+                "its frames never arrive, see input_qos.*"
+            )
 
     def _stop_cameras(self) -> None:
+        """Returns at once: a batch still in the model finishes in the background and is dropped."""
         active, self._active = self._active, None
         if active is None:
             return
-        for subscription in active.subscriptions:
-            self.destroy_subscription(subscription)
-        # The worker stops before the publishers it uses go away.
-        active.worker.stop()
+        for camera in active.inputs:
+            camera.destroy()
+        # Closed before the publishers it uses go away; the batch's result goes nowhere.
+        active.pipeline.close()
+        active.worker.stop(wait=False)
+        self._retired = active.worker
         for out in active.outputs.values():
             out.destroy()
 
+    def _join_retired_worker(self, timeout: float | None) -> bool:
+        """Wait for a deactivated worker's last batch; True once no worker is left running."""
+        retired = self._retired
+        if retired is None:
+            return True
+        if not retired.join(timeout):
+            return False
+        self._retired = None
+        return True
+
     def _free_model(self) -> None:
         configured, self._configured = self._configured, None
-        if configured is None:
-            return
-        self.destroy_timer(configured.diagnostics_timer)
-        self.destroy_publisher(configured.diagnostics_publisher)
-        configured.predictor.close()
+        if configured is not None:
+            configured.predictor.close()
 
     def _on_worker_failure(self, exc: Exception) -> None:
         self.get_logger().error(f"inference batch failed: {type(exc).__name__}: {exc}")
@@ -225,7 +314,10 @@ class EfficientPSNode(LifecycleNode):
         for parameter in parameters:
             problem = check_change(parameter.name, parameter.value, configured=self._configured is not None)
             if problem:
-                self.get_logger().warning(f"refused: {problem}")
+                # A refused start-up value ends the process with this message alone.
+                self._refusal = problem
+                if self._declared:
+                    self.get_logger().warning(f"refused: {problem}")
                 return SetParametersResult(successful=False, reason=problem)
         return SetParametersResult(successful=True)
 
@@ -245,7 +337,10 @@ class EfficientPSNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         configured, active = self._configured, self._active
+        stamp = self.get_clock().now().to_msg()
         if configured is None:
+            status = lifecycle_status(self.get_name(), "unconfigured", self._configure_failure)
+            self._diagnostics_publisher.publish(DiagnosticArray(header=Header(stamp=stamp), status=[status]))
             return
         reporter = configured.reporter
         state = "active" if active else "inactive"
@@ -254,25 +349,43 @@ class EfficientPSNode(LifecycleNode):
             now = time.monotonic()
             for topic, stats in active.stats.items():
                 statuses.append(reporter.camera_status(topic, active.slots.counts(topic), stats.snapshot(), now))
-        configured.diagnostics_publisher.publish(reporter.report(statuses, self.get_clock().now().to_msg()))
+        self._diagnostics_publisher.publish(reporter.report(statuses, stamp))
 
 
-def _run(node: EfficientPSNode) -> None:
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    if node.autostart and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-        node.trigger_activate()
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+def _spin_until_signal(executor: SingleThreadedExecutor) -> None:
+    """Spin until SIGINT or SIGTERM; the context stays valid until the caller has stopped the node."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.is_set() and rclpy.ok():
+        executor.spin_once(timeout_sec=SPIN_PERIOD_S)
 
 
-def main(args: list[str] | None = None) -> int:
-    """Entry point of `efficientps_node`."""
+def _exit_after_deadline(status: int) -> None:
+    """A process supervisor (launch, systemd, a test) must see the exit, and its status, in time."""
+    time.sleep(EXIT_DEADLINE_S)
+    print(f"efficientps_node: shutdown took over {EXIT_DEADLINE_S:.0f} s; exiting without finishing it",
+          file=sys.stderr, flush=True)
+    os._exit(status)
+
+
+def main(args: list[str] | None = None) -> NoReturn:
+    """Entry point of `efficientps_node`: 0 after a signal, 1 when autostart fails, 2 on bad arguments.
+
+    The process ends here rather than in the interpreter's own exit, where the
+    middleware's destructors would run with no deadline over them.
+    """
+    status = _run(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _run(args: list[str] | None) -> int:
     keep_freed_memory()
     try:
-        rclpy.init(args=args)
+        # rclpy's own handlers would invalidate the context under a running worker.
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except RuntimeError as exc:  # rcl's own error for bad --ros-args, e.g. an unreadable params file
         print(f"efficientps_node: cannot start: {exc}", file=sys.stderr)
         return 2
@@ -280,16 +393,35 @@ def main(args: list[str] | None = None) -> int:
         node = EfficientPSNode()
     except ParameterError as exc:
         print(f"efficientps_node: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
+        _arm_exit_deadline(2)
+        _tear_down_ros()
         return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    status = 1  # also if an exception escapes: it is a bug, and its traceback is printed
     try:
-        _run(node)
+        if not node.autostart or node.start():
+            _spin_until_signal(executor)
+            status = 0
+        # else the reason is logged; launch's required-node handling sees the exit
     finally:
+        _arm_exit_deadline(status)
         node.on_shutdown(None)
+        executor.shutdown()
         node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+        _tear_down_ros()
+    return status
+
+
+def _tear_down_ros() -> None:
+    """Shut rclpy down and free its DDS participant now, while the exit deadline is armed."""
+    rclpy.try_shutdown()
+    rclpy.get_default_context().destroy()
+
+
+def _arm_exit_deadline(status: int) -> None:
+    threading.Thread(target=_exit_after_deadline, args=(status,), daemon=True).start()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

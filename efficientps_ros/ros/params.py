@@ -10,16 +10,20 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+import yaml
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.exceptions import InvalidTopicNameException, ParameterException
+from rclpy.exceptions import InvalidParameterTypeException, InvalidTopicNameException, ParameterException
 from rclpy.node import Node
 from rclpy.validate_topic_name import validate_topic_name
 
 OUTPUTS = ("semantic", "instance", "panoptic", "overlay", "detections")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _NAME_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")
+# How rclpy words its own refusals of a start-up value, by type and by descriptor range.
+_TYPE_REFUSAL = re.compile(r"to '(?P<value>.*)' of type '(?P<type>\w+)'")
+_VALUE_REFUSAL = re.compile(r"Invalid parameter value \((?P<value>.*)\) for parameter")
 
 
 def output_prefix(image_topic: str, output_namespace: str) -> str:
@@ -28,6 +32,20 @@ def output_prefix(image_topic: str, output_namespace: str) -> str:
     if not slash:
         return output_namespace
     return f"{parent}/{output_namespace}"
+
+
+def shared_prefix_problem(image_topics: Iterable[str], output_namespace: str) -> str | None:
+    """Why these cameras cannot all publish, when two would use the same output topics; else None."""
+    seen: dict[str, str] = {}
+    for topic in image_topics:
+        prefix = output_prefix(topic, output_namespace)
+        if prefix in seen:
+            return (
+                f"parameter image_topics: {seen[prefix]} and {topic} would both publish under {prefix}/; "
+                "allowed: topics in different namespaces (e.g. front/image_raw, rear/image_raw)"
+            )
+        seen[prefix] = topic
+    return None
 
 
 class ParameterError(ValueError):
@@ -61,7 +79,8 @@ class ParamSpec:
 
 SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("autostart", True, "Configure and activate the node at start, so a plain run works."),
-    ParamSpec("image_topics", ["/camera/image_raw"], "Camera image topics, all served by one model.",
+    ParamSpec("image_topics", ["camera/image_raw"], "Camera image topics, all served by one model; relative "
+              "names resolve in the node's namespace, and remaps apply.",
               rule="a non-empty list of distinct topic names"),
     ParamSpec("transport", "raw", "raw: sensor_msgs/Image on each topic; compressed: "
               "sensor_msgs/CompressedImage (jpeg/png) on <topic>/compressed.", choices=("raw", "compressed")),
@@ -207,16 +226,13 @@ class NodeSettings:
             )
 
     def _check_output_prefixes(self) -> None:
-        """Two cameras beside each other would publish onto the same output topics."""
-        seen: dict[str, str] = {}
-        for topic in self.image_topics:
-            prefix = output_prefix(topic, self.output_namespace)
-            if prefix in seen:
-                raise ParameterError(
-                    f"parameter image_topics: {seen[prefix]} and {topic} would both publish under {prefix}/; "
-                    "allowed: topics in different namespaces (e.g. /front/image_raw, /rear/image_raw)"
-                )
-            seen[prefix] = topic
+        """Two cameras beside each other would publish onto the same output topics.
+
+        The node checks again once remaps and its namespace have resolved the names.
+        """
+        problem = shared_prefix_problem(self.image_topics, self.output_namespace)
+        if problem:
+            raise ParameterError(problem)
 
     def with_values(self, values: Mapping[str, Any]) -> "NodeSettings":
         """A copy with some parameters changed; values must already be checked."""
@@ -264,13 +280,37 @@ def check_change(name: str, value: Any, configured: bool) -> str | None:
     return None
 
 
-def declare(node: Node) -> None:
-    """Declare every parameter on `node`; ParameterError names the first bad override."""
+def declare(node: Node, last_refusal: Callable[[], str | None] = lambda: None) -> None:
+    """Declare every parameter on `node`; ParameterError names the first bad override.
+
+    `last_refusal` gives the message of the node's own check, when that is
+    what refused the override, so that the error is the check's one line.
+    """
     for spec in SPECS:
         try:
             node.declare_parameter(spec.name, spec.default, descriptor(spec))
+        except InvalidParameterTypeException as exc:
+            raise ParameterError(_type_refusal(spec, str(exc))) from None
         except ParameterException as exc:
-            raise ParameterError(f"parameter {spec.name} refused ({exc}); allowed: {spec.allowed()}") from None
+            raise ParameterError(last_refusal() or _value_refusal(spec, str(exc))) from None
+
+
+def _value_refusal(spec: ParamSpec, rclpy_message: str) -> str:
+    """rclpy refused the value by the descriptor's range: say it as our own check does."""
+    match = _VALUE_REFUSAL.search(rclpy_message)
+    try:
+        value = yaml.safe_load(match["value"]) if match else None
+    except yaml.YAMLError:
+        value = None
+    problem = None if value is None else check_value(spec, value)
+    return problem or f"parameter {spec.name}: refused ({rclpy_message}); allowed: {spec.allowed()}"
+
+
+def _type_refusal(spec: ParamSpec, rclpy_message: str) -> str:
+    expected = "a list of strings" if isinstance(spec.default, list) else f"a {type(spec.default).__name__}"
+    match = _TYPE_REFUSAL.search(rclpy_message)
+    given = f" (got {match['value']!r}, a {match['type'].lower()})" if match else ""
+    return f"parameter {spec.name}: expected {expected}{given}; allowed: {spec.allowed()}"
 
 
 def current_values(node: Node) -> dict[str, Any]:

@@ -1,16 +1,19 @@
 """Frames in, outputs out: decode each camera's frame, predict them as one batch, publish.
 
 A bad frame, or a batch the device has no memory for, is reported and skipped;
-it never ends the worker.
+it never ends the worker. Once closed, a batch still in the model is dropped
+silently: its publishers may be gone.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from ..input_limits import check_image_size
 from ..predictor import Predictor
 from ..visualize import PanopticPainter
 from .camera import CameraOutputs
@@ -20,21 +23,30 @@ from .image_codec import compressed_to_rgb8, to_rgb8
 from .params import NodeSettings
 
 
-def decode(message: Any, transport: str, max_pixels: int) -> np.ndarray:
+def decode(
+    message: Any,
+    transport: str,
+    max_pixels: int,
+    size_divisor: int = 1,
+    inference_size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """An Image or CompressedImage as HxWx3 uint8 RGB; ValueError names what is wrong.
 
-    Sizes are checked before decoding: the raw header here, the compressed
-    one by the codec, and empty images by the codec too.
+    Sizes are checked before decoding, by `check_image_size`: the raw
+    message's own fields here, the compressed header by the codec. Given the
+    model's `size_divisor` (and the fixed `inference_size`, if any), the
+    limit bounds the padded area the network sees.
     """
-    if transport == "raw" and message.width * message.height > max_pixels:
-        raise ValueError(f"image of {message.width}x{message.height} exceeds max_image_pixels ({max_pixels})")
+    if transport == "raw":
+        check_image_size(message.height, message.width, max_pixels, size_divisor, inference_size)
     try:
-        rgb = compressed_to_rgb8(message, max_pixels) if transport == "compressed" else to_rgb8(message)
+        if transport == "compressed":
+            return compressed_to_rgb8(message, max_pixels, size_divisor, inference_size)
+        return to_rgb8(message)
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for corrupt data
         raise ValueError(f"cannot decode the image ({type(exc).__name__}: {exc})") from None
-    return rgb
 
 
 class PerceptionPipeline:
@@ -55,13 +67,24 @@ class PerceptionPipeline:
         self._stats = stats
         self._log_error = log_error
         self._painter = PanopticPainter(predictor.config.classes)
+        # Held while sending, so that after `close` nothing is sent on destroyed publishers.
+        self._sending = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Publish nothing more and report nothing more; returns once a send in progress is done."""
+        with self._sending:
+            self._closed = True
 
     def process(self, frames: list[Frame]) -> None:
         settings = self.settings
         decoded = []
         for frame in frames:
             try:
-                decoded.append((frame, decode(frame.message, settings.transport, settings.max_image_pixels)))
+                decoded.append((frame, decode(
+                    frame.message, settings.transport, settings.max_image_pixels,
+                    self.predictor.config.size_divisor, settings.inference_size,
+                )))
             except ValueError as exc:
                 self._skip(frame.camera, f"bad input: {exc}")
         if decoded:
@@ -87,12 +110,18 @@ class PerceptionPipeline:
         outputs = self._outputs[frame.camera]
         try:
             wanted = outputs.wanted(settings)
-            outputs.send(outputs.build(wanted, result, rgb, frame.message.header, settings, self._painter))
+            built = outputs.build(wanted, result, rgb, frame.message.header, settings, self._painter)
+            with self._sending:
+                if self._closed:
+                    return
+                outputs.send(built)
         except Exception as exc:  # noqa: BLE001 - a failed publish must not end the worker
             self._skip(frame.camera, f"publishing failed: {type(exc).__name__}: {exc}")
             return
         self._stats[frame.camera].record_output(time.monotonic() - frame.received, result.model_time)
 
     def _skip(self, camera: str, problem: str) -> None:
+        if self._closed:
+            return  # a batch interrupted by deactivate or shutdown is no bad input
         if self._stats[camera].record_error(problem):
             self._log_error(f"camera {camera}: frame skipped, {problem}")

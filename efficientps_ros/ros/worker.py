@@ -33,12 +33,18 @@ class InferenceWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop taking frames and wait for the batch in progress."""
+    def stop(self, wait: bool = True) -> None:
+        """Stop taking frames; with `wait`, also wait for the batch in progress."""
         self._stopping.set()
         self._slots.close()
+        if wait:
+            self.join(STOP_TIMEOUT_S)
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait up to `timeout` s (None: as long as it takes) for the thread to end; True when it has."""
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(STOP_TIMEOUT_S)
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -48,4 +54,5 @@ class InferenceWorker:
             try:
                 self._process(frames)
             except Exception as exc:  # noqa: BLE001 - one bad batch must not end the thread
-                self._on_failure(exc)
+                if not self._stopping.is_set():
+                    self._on_failure(exc)

@@ -131,3 +131,14 @@ def test_scene_target_matches_make_target():
     a = scene_target(_scene_from(semantic, instance, classes), CONFIG)
     b = make_target(semantic, instance, classes, CONFIG)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crowd_instances_give_no_instance_targets_but_keep_their_class():
+    semantic, instance, classes = _hand_made()
+    target = make_target(semantic, instance, classes, CONFIG, crowd=[True, False])
+    assert target["boxes"].tolist() == [[10, 8, 10, 8]]
+    assert target["labels"].tolist() == [PERSON - CONFIG.num_stuff]
+    assert np.array_equal(target["masks"][0].numpy(), instance == 2)
+    assert (target["semantic"][2:5, 3:7] == CAR).all()
+    crowded = scene_target(_scene_from(semantic, instance, classes), CONFIG)
+    assert len(crowded["boxes"]) == 2  # no flags: no crowds

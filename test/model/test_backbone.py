@@ -1,7 +1,10 @@
 import copy
 import dataclasses
+import re
+import socket
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,10 +114,38 @@ def test_fold_norms_reaches_inside_the_backbone(b0, randomize_norms):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["no_such_model", "resnet18", "tf_efficientnetv2_s"])
-def test_unsupported_names_are_refused(name):
-    with pytest.raises(ValueError, match="backbone.name"):
+@pytest.mark.parametrize(
+    "name",
+    [
+        "no_such_model",
+        "resnet18",
+        "tf_efficientnetv2_s",
+        "hf-hub:timm/efficientnet_b0.ra_in1k",
+        "hf_hub:timm/efficientnet_b0",
+        "timm/efficientnet_b0",
+        "efficientnet_b0.ra_in1k",
+        "tf_efficientnet_b9",
+        "efficientnet_b0 ",
+    ],
+)
+def test_anything_but_a_plain_efficientnet_name_is_refused_before_timm_is_called(name, monkeypatch):
+    calls = []
+    monkeypatch.setattr(timm, "create_model", lambda *args, **kwargs: calls.append(args))
+    with pytest.raises(ValueError, match=re.escape(f"backbone.name: {name!r} is not allowed; allowed: efficientnet_b0")):
         Backbone(BackboneConfig(name=name))
+    assert calls == []
+
+
+def test_every_allowed_name_builds_with_nothing_fetched(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"the build tried to reach the network: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(timm.models._builder, "load_pretrained", no_network)
+    for name in ("efficientnet_b0", "tf_efficientnet_b3"):
+        with torch.device("meta"):
+            backbone = Backbone(BackboneConfig(name=name))
+        assert backbone.strides == [4, 8, 16, 32]
 
 
 def test_taps_at_wrong_strides_are_refused():

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -101,3 +102,89 @@ def test_fp16_storage_halves_floats_and_loads_into_the_fp32_model(tmp_path):
     for key, value in other.state_dict().items():
         assert value.dtype == original[key].dtype
         torch.testing.assert_close(value, original[key], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "dtype, problem",
+    [
+        (torch.float64, "fpn_convs.0.conv.weight float64 (allowed: float32, float16, bfloat16)"),
+        (torch.int32, "fpn_convs.0.conv.weight int32 (allowed: float32, float16, bfloat16)"),
+        (torch.bool, "fpn_convs.0.conv.weight bool (allowed: float32, float16, bfloat16)"),
+    ],
+)
+def test_a_tensor_of_the_wrong_dtype_is_refused_by_name(tmp_path, dtype, problem):
+    module = _module()
+    path = save_checkpoint(module, load_config("small"), tmp_path / "ckpt.safetensors")
+    state, _ = load_checkpoint(path)
+    state["fpn_convs.0.conv.weight"] = state["fpn_convs.0.conv.weight"].to(dtype)
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: does not fit the model: 1 wrong dtype: {problem}")):
+        load_weights(_module(seed=1), state, path)
+
+
+def test_a_counter_of_another_integer_type_is_refused():
+    module = _module()
+    counter = next(k for k, v in module.state_dict().items() if v.dtype == torch.long)
+    state = dict(module.state_dict())
+    state[counter] = state[counter].to(torch.int32)
+    with pytest.raises(CheckpointError, match=re.escape(f"1 wrong dtype: {counter} int32 (allowed: int64)")):
+        load_weights(_module(seed=1), state, "x.safetensors")
+
+
+@pytest.mark.parametrize("values, count", [([float("nan")], "1 NaN, 0 Inf"), ([float("inf"), -float("inf")], "0 NaN, 2 Inf")])
+def test_non_finite_weights_are_refused_by_name(values, count):
+    module = _module()
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    weight = state["lateral_convs_top.1.conv.weight"]
+    weight.view(-1)[: len(values)] = torch.tensor(values)
+    target = _module(seed=1)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointError, match=re.escape(f"1 non-finite: lateral_convs_top.1.conv.weight ({count})")):
+        load_weights(target, state, "x.safetensors")
+    # Refused before anything was copied.
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+
+
+def test_a_nan_weight_in_a_stored_checkpoint_is_refused_on_load(tmp_path):
+    module = _module()
+    with torch.no_grad():
+        next(module.parameters()).view(-1)[0] = float("nan")
+    path = save_checkpoint(module, load_config("small"), tmp_path / "nan.safetensors", dtype=torch.float16)
+    state, _ = load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"nan.safetensors: does not fit the model: 1 non-finite: .*1 NaN"):
+        load_weights(_module(seed=1), state, path)
+
+
+def _with_stored_config(path, config_text: str):
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"format": "efficientps_ros/1", "config": config_text})
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"size_divisor": 0}, "size_divisor: 0 is out of range; allowed: 32 to 1024, a multiple of 32"),
+        ({"fpn_channels": 1_000_000}, "fpn_channels: 1000000 is out of range; allowed: 1 to 1024"),
+        ({"pixel_std": [0, 0, 0]}, "pixel_std[0]: 0 is out of range"),
+        ({"backbone": {"name": "hf-hub:timm/efficientnet_b0.ra_in1k"}},
+         "backbone.name: 'hf-hub:timm/efficientnet_b0.ra_in1k' is not allowed"),
+    ],
+)
+def test_an_embedded_config_out_of_range_is_refused_by_field(tmp_path, change, message):
+    data = load_config("small").to_dict()
+    for key, value in change.items():
+        data[key] = data[key] | value if isinstance(value, dict) else value
+    path = _with_stored_config(tmp_path / "bad.safetensors", json.dumps(data))
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: stored config is invalid ({path} config.{message}")):
+        read_config(path)
+
+
+def test_an_embedded_config_nested_100000_deep_is_refused_with_a_message(tmp_path):
+    path = _with_stored_config(tmp_path / "deep.safetensors", '{"fusion": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CheckpointError, match=r"deep.safetensors config: nested more than 32 levels deep"):
+        read_config(path)
+
+
+def test_an_embedded_config_that_is_not_json_is_refused(tmp_path):
+    path = _with_stored_config(tmp_path / "text.safetensors", "{not json")
+    with pytest.raises(CheckpointError, match="stored config is invalid .*not valid JSON"):
+        read_config(path)

@@ -1,12 +1,22 @@
 import dataclasses
+import re
+import typing
 
 import pytest
+import torch
 import yaml
 
+from efficientps_ros import model
+from efficientps_ros.model import build_model, parameter_count
 from efficientps_ros.model.config import (
     CITYSCAPES_CLASSES,
+    MAX_NESTING,
     PRESETS,
+    BackboneConfig,
+    ClassInfo,
     EfficientPSConfig,
+    FusionConfig,
+    check_config,
     config_from_dict,
     load_config,
 )
@@ -55,7 +65,7 @@ def test_preset_with_overrides_from_yaml(tmp_path):
         ({"fusion": {"min_stuff_area": "big"}}, "config.fusion.min_stuff_area"),
         ({"fusion": {"min_stuff_area": 2.5}}, "config.fusion.min_stuff_area"),
         ({"preset": "b9"}, "unknown preset 'b9'"),
-        ({"dpc_dilations": [[1, 1]]}, "DPC has 5 branches"),
+        ({"dpc_dilations": [[1, 1]]}, "config.dpc_dilations: 1 values given; allowed: 5"),
     ],
 )
 def test_bad_configs_are_refused_by_name(data, message):
@@ -78,3 +88,153 @@ def test_unknown_name_and_missing_file(tmp_path):
     bad.write_text("fusion: [unclosed")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_config(bad)
+
+
+# --- every field has a type and a range --------------------------------------
+
+def _leaf_fields(cls, prefix="config"):
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _leaf_fields(hint, f"{prefix}.{f.name}")
+        else:
+            yield f"{prefix}.{f.name}", hint, f
+
+
+def test_every_field_but_flags_has_a_bound():
+    fields = list(_leaf_fields(EfficientPSConfig)) + list(_leaf_fields(ClassInfo, "class"))
+    unbounded = [name for name, hint, f in fields if hint is not bool and "bound" not in f.metadata]
+    assert len(fields) > 50 and unbounded == []
+
+
+def _small_with(**changes):
+    data = load_config("small").to_dict()
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        target = data
+        for parent in parents:
+            target = target[int(parent)] if parent.isdigit() else target[parent]
+        target[int(key) if key.isdigit() else key] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"size_divisor": 0}, "config.size_divisor: 0 is out of range; allowed: 32 to 1024, a multiple of 32"),
+        ({"size_divisor": -32}, "config.size_divisor: -32 is out of range"),
+        ({"size_divisor": 48}, "config.size_divisor: 48 is out of range; allowed: 32 to 1024, a multiple of 32"),
+        ({"fpn_channels": 1_000_000}, "config.fpn_channels: 1000000 is out of range; allowed: 1 to 1024"),
+        ({"roi__box_fc_channels": 0}, "config.roi.box_fc_channels: 0 is out of range; allowed: 1 to 4096"),
+        ({"pixel_std": [0, 0, 0]}, "config.pixel_std[0]: 0 is out of range; allowed: more than 0 and at most 255"),
+        ({"pixel_mean": [1.0, 2.0]}, "config.pixel_mean: expected 3 values, got 2"),
+        ({"pixel_mean": [1.0, "x", 2.0]}, "config.pixel_mean[1]: expected a number, got 'x'"),
+        ({"backbone__norm_eps": -1e-3}, "config.backbone.norm_eps: -0.001 is out of range; allowed: more than 0"),
+        ({"head_norm_eps": 0}, "config.head_norm_eps: 0 is out of range; allowed: more than 0 and at most 1"),
+        ({"head_norm_eps": float("nan")}, "config.head_norm_eps: expected a finite number, got nan"),
+        ({"rpn__post_nms_top_n_test": -1}, "config.rpn.post_nms_top_n_test: -1 is out of range; allowed: 1 to 100000"),
+        ({"rpn__pre_nms_top_n_train": 0}, "config.rpn.pre_nms_top_n_train: 0 is out of range"),
+        ({"roi__detections_per_image": 0}, "config.roi.detections_per_image: 0 is out of range; allowed: 1 to 999"),
+        ({"fusion__max_instances": 1000}, "config.fusion.max_instances: 1000 is out of range; allowed: 1 to 999"),
+        ({"fusion__score_threshold": 1.5}, "config.fusion.score_threshold: 1.5 is out of range; allowed: 0 to 1"),
+        ({"rpn__anchor_ratios": []}, "config.rpn.anchor_ratios: 0 values given; allowed: 1 to 16"),
+        ({"dpc_dilations__0": [0, 6]}, "config.dpc_dilations[0][0]: 0 is out of range; allowed: 1 to 128"),
+        ({"backbone__tap_stages": [1, 2]}, "config.backbone.tap_stages: expected 3 values, got 2"),
+        ({"classes__0__label_id": 10**12}, "config.classes[0].label_id: 1000000000000 is out of range; allowed: 1 to 65535"),
+        ({"classes__0__label_id": 0}, "config.classes[0].label_id: 0 is out of range; allowed: 1 to 65535"),
+        ({"classes__0__color": [999999, -5]}, "config.classes[0].color: expected 3 values, got 2"),
+        ({"classes__0__color": [999999, 0, 0]}, "config.classes[0].color[0]: 999999 is out of range; allowed: 0 to 255"),
+        ({"classes__0__name": ""}, "config.classes[0].name: '' is not allowed; allowed: 1 to 64 printable characters"),
+        ({"classes__0__is_thing": "no"}, "config.classes[0].is_thing: expected true or false, got 'no'"),
+        ({"classes__1__label_id": 7}, r"config.classes: label ids [7] are used twice"),
+        ({"name": "../../elsewhere"}, "config.name: '../../elsewhere' is not allowed"),
+        ({"backbone__name": "hf-hub:timm/efficientnet_b0.ra_in1k"},
+         "config.backbone.name: 'hf-hub:timm/efficientnet_b0.ra_in1k' is not allowed; allowed: efficientnet_b0 .. "),
+        ({"backbone__name": "tf_efficientnet_b0.ns_jft_in1k"},
+         "config.backbone.name: 'tf_efficientnet_b0.ns_jft_in1k' is not allowed"),
+    ],
+)
+def test_out_of_range_fields_are_refused_naming_field_and_range(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_from_dict(_small_with(**changes))
+
+
+def test_values_at_the_edges_of_their_ranges_are_accepted():
+    data = _small_with(size_divisor=64, fpn_channels=1024, fusion__max_instances=999, pixel_mean=[0, 0, 255])
+    config = config_from_dict(data)
+    assert (config.size_divisor, config.fpn_channels, config.fusion.max_instances) == (64, 1024, 999)
+    assert config.pixel_mean == (0.0, 0.0, 255.0)
+
+
+def test_a_class_entry_with_a_missing_key_is_named():
+    data = _small_with()
+    del data["classes"][3]["color"]
+    with pytest.raises(ValueError, match=re.escape("config.classes[3]: missing keys ['color']")):
+        config_from_dict(data)
+
+
+def test_a_preset_that_is_no_name_is_refused():
+    with pytest.raises(ValueError, match="unknown preset"):
+        config_from_dict({"preset": ["small"]})
+
+
+# --- nesting ------------------------------------------------------------------
+
+def test_deeply_nested_yaml_is_refused_with_a_message(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("fusion: " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: nested more than {MAX_NESTING} levels deep")):
+        load_config(path)
+
+
+def test_nesting_just_past_the_limit_is_refused_by_the_walk(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("fusion: " + "[" * MAX_NESTING + "]" * MAX_NESTING)
+    with pytest.raises(ValueError, match="nested more than"):
+        load_config(path)
+
+
+def test_a_deep_mapping_built_in_code_is_refused():
+    data = {}
+    for _ in range(100_000):
+        data = {"fusion": data}
+    with pytest.raises(ValueError, match="config: nested more than"):
+        config_from_dict(data)
+
+
+# --- configs built in code and the model's size ---------------------------------
+
+def test_build_model_refuses_a_config_built_in_code_by_field():
+    config = dataclasses.replace(load_config("small"), size_divisor=0)
+    with pytest.raises(ValueError, match=re.escape("config.size_divisor: 0 is out of range")):
+        build_model(config)
+    with pytest.raises(ValueError, match=re.escape("config.fusion.max_instances: 0 is out of range")):
+        check_config(dataclasses.replace(config, size_divisor=32, fusion=FusionConfig(max_instances=0)))
+
+
+def test_parameter_count_is_exact_for_the_papers_model():
+    assert parameter_count(load_config("b5_cityscapes")) == 42_988_744
+
+
+def test_an_oversized_network_is_refused_before_any_weight_is_allocated(monkeypatch):
+    small = load_config("small")
+    config = dataclasses.replace(
+        small,
+        fpn_channels=1024,
+        semantic_channels=1024,
+        backbone=BackboneConfig(name="tf_efficientnet_b8"),
+        roi=dataclasses.replace(small.roi, box_fc_channels=4096, mask_channels=1024),
+    )
+    devices = []
+    original = torch.nn.Module.register_parameter
+
+    def recording(self, name, param):
+        if param is not None:
+            devices.append(param.device.type)
+        return original(self, name, param)
+
+    monkeypatch.setattr(torch.nn.Module, "register_parameter", recording)
+    model._parameter_count.cache_clear()
+    with pytest.raises(ValueError, match=r"config 'small': the network would have [\d,]+ parameters; allowed: at most 150,000,000"):
+        build_model(config)
+    assert devices and set(devices) == {"meta"}

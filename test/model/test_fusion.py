@@ -1,6 +1,7 @@
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from efficientps_ros.model.fusion import (
 )
 
 SIZE = 64
+f32 = np.float32
 ROAD = 0
 
 
@@ -39,30 +41,98 @@ def _detections(boxes, scores, labels, mask_values) -> dict[str, torch.Tensor]:
 
 
 def _authors_paste(mask: torch.Tensor, box: list[float], height: int, width: int) -> torch.Tensor:
-    """The authors' inverse RoI sampling, pixel by pixel: pixel centre i + 0.5 lands at
-    M * (i + 0.5 - y1) / (y2 - y1) in the mask, read bilinearly between the cells whose
-    centres (k + 0.5) surround it, cells beyond the grid counting as zero."""
-    grid = mask.shape[0]
+    """The authors' `invert_roi_bbx` then `roi_sampling` (bilinear, zero padding), pixel by pixel,
+    in their float32 operations: the image's edges in mask cells, `i0 = -M * y1 / h` and
+    `i1 = M * (H - y1) / h` with the signed extent `h = y2 - y1`; pixel i read at
+    `(i + 0.5) / H * (i1 - i0) + i0`, between the cells whose centres (k + 0.5) surround it."""
+    grid = f32(mask.shape[0])
+    x1, y1, x2, y2 = (f32(v) for v in box)
+    i0, j0 = -grid * y1 / (y2 - y1), -grid * x1 / (x2 - x1)
+    i1, j1 = grid * (f32(height) - y1) / (y2 - y1), grid * (f32(width) - x1) / (x2 - x1)
     out = torch.zeros(height, width)
     for i in range(height):
-        sy = grid * (i + 0.5 - box[1]) / (box[3] - box[1]) - 0.5
+        sy = (f32(i) + f32(0.5)) / f32(height) * (i1 - i0) + i0
         for j in range(width):
-            sx = grid * (j + 0.5 - box[0]) / (box[2] - box[0]) - 0.5
-            low_y, low_x = math.floor(sy), math.floor(sx)
-            for cell_y, weight_y in ((low_y, 1 - (sy - low_y)), (low_y + 1, sy - low_y)):
-                for cell_x, weight_x in ((low_x, 1 - (sx - low_x)), (low_x + 1, sx - low_x)):
-                    if 0 <= cell_y < grid and 0 <= cell_x < grid:
-                        out[i, j] += weight_y * weight_x * mask[cell_y, cell_x]
+            sx = (f32(j) + f32(0.5)) / f32(width) * (j1 - j0) + j0
+            out[i, j] = _bilinear_zero_padded(mask, sy, sx)
     return out
 
 
-def test_paste_matches_the_authors_inverse_roi_sampling():
+def _bilinear_zero_padded(mask: torch.Tensor, sy: np.float32, sx: np.float32) -> float:
+    # Their cell index and offset are computed in double, the offset stored as float32.
+    low_y, low_x = math.floor(float(sy) - 0.5), math.floor(float(sx) - 0.5)
+    dy, dx = f32(float(sy) - (low_y + 0.5)), f32(float(sx) - (low_x + 0.5))
+
+    def cell(i: int, j: int) -> np.float32:
+        inside = 0 <= i < mask.shape[0] and 0 <= j < mask.shape[1]
+        return f32(mask[i, j].item()) if inside else f32(0)
+
+    low = (f32(1) - dx) * cell(low_y, low_x) + dx * cell(low_y, low_x + 1)
+    high = (f32(1) - dx) * cell(low_y + 1, low_x) + dx * cell(low_y + 1, low_x + 1)
+    return float((f32(1) - dy) * low + dy * high)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        [2.3, 1.7, 9.6, 10.2],
+        [-3.0, 5.0, 20.0, 8.0],  # across the border
+        [9.6, 1.7, 2.3, 10.2],  # x2 < x1: mirrored
+        [4.0, 9.5, 12.25, 8.75],  # y2 < y1, by less than a pixel
+        [7.6, 3.4, 7.4, 3.6],  # a sliver each way, over one pixel centre
+    ],
+)
+def test_paste_matches_the_authors_inverse_roi_sampling(box):
     torch.manual_seed(0)
-    masks = torch.randn(2, 6, 6)
-    boxes = [[2.3, 1.7, 9.6, 10.2], [-3.0, 5.0, 20.0, 8.0]]
-    pasted = paste_masks(masks, torch.tensor(boxes), (12, 16))
-    for mask, box, result in zip(masks, boxes, pasted):
-        assert torch.allclose(result, _authors_paste(mask, box, 12, 16), atol=1e-5)
+    mask = torch.randn(6, 6)
+    pasted = paste_masks(mask[None], torch.tensor([box]), (12, 16))[0]
+    expected = _authors_paste(mask, box, 12, 16)
+    assert expected.abs().sum() > 0
+    assert (pasted - expected).abs().max() <= 1e-5
+
+
+def test_paste_far_from_the_image_origin_follows_their_rounding():
+    # A small box at the far corner of a 1024x2048 image: the image spans thousands of mask
+    # cells there, and the order of float operations shows in the pasted values.
+    torch.manual_seed(1)
+    mask = torch.randn(28, 28)
+    box = [2031.3, 1001.6, 2035.9, 995.2]  # 4.6 px wide, y2 < y1
+    pasted = paste_masks(mask[None], torch.tensor([box]), (1024, 2048))[0]
+    rows, cols = slice(990, 1010), slice(2025, 2040)
+    expected = _authors_paste_window(mask, box, (1024, 2048), rows, cols)
+    assert pasted[rows, cols].abs().sum() > 0 and pasted.abs().sum() == pytest.approx(pasted[rows, cols].abs().sum())
+    assert (pasted[rows, cols] - expected).abs().max() <= 1e-5
+
+
+def _authors_paste_window(mask, box, size, rows, cols):
+    """`_authors_paste` over a window of a large image only."""
+    full = torch.zeros(size)
+    height, width = size
+    grid = f32(mask.shape[0])
+    x1, y1, x2, y2 = (f32(v) for v in box)
+    i0, j0 = -grid * y1 / (y2 - y1), -grid * x1 / (x2 - x1)
+    i1, j1 = grid * (f32(height) - y1) / (y2 - y1), grid * (f32(width) - x1) / (x2 - x1)
+    for i in range(rows.start, rows.stop):
+        sy = (f32(i) + f32(0.5)) / f32(height) * (i1 - i0) + i0
+        for j in range(cols.start, cols.stop):
+            sx = (f32(j) + f32(0.5)) / f32(width) * (j1 - j0) + j0
+            full[i, j] = _bilinear_zero_padded(mask, sy, sx)
+    return full[rows, cols]
+
+
+def test_a_box_without_extent_is_dropped_and_the_others_stay():
+    config = _config()
+    normal = _detections([[0, 0, 28, 28]], [0.8], [0], [5.0])
+    with_empty = _detections(
+        [[0, 0, 28, 28], [40, 10, 40, 30], [40, 30, 50, 30]], [0.8, 0.9, 0.95], [0, 1, 2], [5.0] * 3
+    )
+    # Their paste of a box without width or height is NaN everywhere.
+    assert torch.isnan(paste_masks(with_empty["mask_logits"][1:], with_empty["boxes"][1:], (SIZE, SIZE))).all()
+    alone = panoptic_fusion(_road_logits(config), normal, config)
+    out = panoptic_fusion(_road_logits(config), with_empty, config)
+    assert out.scores.tolist() == pytest.approx([0.8])
+    assert torch.equal(out.instance, alone.instance) and torch.equal(out.semantic, alone.semantic)
+    assert (out.instance[:28, :28] == 1).all()
 
 
 def test_selection_thresholds_scores_then_nms_within_class_then_caps():

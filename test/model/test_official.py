@@ -1,7 +1,10 @@
 """Import of the authors' checkpoints, checked against their state-dict table."""
 import datetime
 import math
+import re
+import zipfile
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from efficientps_ros.cli import main as cli_main
 from efficientps_ros.model.checkpoint import CheckpointError, load_checkpoint
 from efficientps_ros.model.config import CITYSCAPES_CLASSES, load_config
 from efficientps_ros.model.efficientps import EfficientPS, parameter_counts
+from efficientps_ros.model import official
 from efficientps_ros.model.official import convert_official, our_key, read_official
 
 from .conftest import read_official_state_dict
@@ -182,3 +186,89 @@ def test_predictor_and_command_line_run_the_converted_checkpoint(converted, tmp_
     assert cli_main(args) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "frame_semantic.png")), result.semantic)
     assert np.array_equal(np.load(tmp_path / "out" / "frame_panoptic.npy"), result.panoptic)
+
+
+# --- the file's own table of contents, checked before anything is unpacked ----
+
+def _rewritten(src, dst, deflate_data=False, zeros=None):
+    """A copy of the zip-format .pth `src`, its tensor entries deflated, or with
+    `zeros` = (name, size, compression): that entry holding that many zero bytes."""
+    name, size, compression = zeros or ("", 0, zipfile.ZIP_STORED)
+    with zipfile.ZipFile(src) as source, zipfile.ZipFile(dst, "w") as target:
+        for entry in source.infolist():
+            if entry.filename == name:
+                continue
+            deflate = deflate_data and "/data/" in entry.filename
+            target.writestr(entry, source.read(entry), compress_type=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED)
+        if name:
+            entry = zipfile.ZipInfo(name)
+            entry.compress_type = compression
+            with target.open(entry, "w", force_zip64=True) as stream:
+                for _ in range(size // 2**20):
+                    stream.write(bytes(2**20))
+    return dst
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Records every torch.load, to show a refusal came before one."""
+    calls = []
+    original = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: calls.append(args) or original(*args, **kwargs))
+    return calls
+
+
+def test_a_small_file_declaring_much_compressed_data_is_refused_before_unpacking(tmp_path, loads):
+    small = _mmcv_file(tmp_path / "small.pth", {"backbone.conv_stem.weight": torch.zeros(4)})
+    # 256 MiB of zeros in well under 1 MB: torch.load would unpack every byte.
+    bomb = _rewritten(small, tmp_path / "bomb.pth", zeros=("small/data/0", 256 * 2**20, zipfile.ZIP_DEFLATED))
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match=re.escape(
+        "bomb.pth: entry 'small/data/0' is compressed (268,435,456 bytes declared in"
+    )):
+        read_official(bomb)
+    deflated = _rewritten(small, tmp_path / "deflated.pth", deflate_data=True)
+    with pytest.raises(CheckpointError, match=re.escape("deflated.pth: entry 'small/data/0' is compressed")):
+        read_official(deflated)
+    assert loads == []
+
+
+def test_a_file_whose_entries_declare_too_much_is_refused_before_unpacking(tmp_path, loads, monkeypatch):
+    monkeypatch.setattr(official, "MAX_CHECKPOINT_BYTES", 10 * 2**20)
+    small = _mmcv_file(tmp_path / "small.pth", {"backbone.conv_stem.weight": torch.zeros(4)})
+    big = _rewritten(small, tmp_path / "big.pth", zeros=("small/data/99", 16 * 2**20, zipfile.ZIP_STORED))
+    with pytest.raises(CheckpointError, match=r"big.pth: its entries declare [\d,]+ bytes; allowed: at most 10,485,760"):
+        read_official(big)
+    assert loads == []
+
+
+def test_tensors_are_mapped_not_read_until_used(tmp_path):
+    path = _mmcv_file(tmp_path / "mapped.pth", {"backbone.conv_stem.weight": torch.arange(6.0)})
+    tensor = read_official(path)["backbone.conv_stem.weight"]
+    assert _mapped_from(tensor.data_ptr()) == str(path)
+    assert torch.equal(tensor, torch.arange(6.0))
+
+
+def _mapped_from(address: int) -> str:
+    """The file mapped at `address` in this process, '' for anonymous memory."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(v, 16) for v in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5].strip() if len(fields) == 6 else ""
+    return ""
+
+
+def test_the_legacy_format_still_loads(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save({"state_dict": {"backbone.conv_stem.weight": torch.ones(3)}}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_official(path)["backbone.conv_stem.weight"], torch.ones(3))
+
+
+def test_a_nan_in_their_checkpoint_is_refused_by_our_name(official_state, tmp_path):
+    state = OrderedDict(official_state)
+    state["neck.fpn_convs.0.conv.weight"] = state["neck.fpn_convs.0.conv.weight"].clone()
+    state["neck.fpn_convs.0.conv.weight"].view(-1)[0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"1 non-finite: fpn.fpn_convs.0.conv.weight \(1 NaN, 0 Inf\)"):
+        convert_official(_mmcv_file(tmp_path / "nan.pth", state), tmp_path / "nan.safetensors")
+    assert not (tmp_path / "nan.safetensors").exists()

@@ -157,3 +157,17 @@ def test_mask_loss_reads_the_true_class_channel():
     logits[0, 2] = 20 * (2 * target[0] - 1)
     assert mask_loss(logits, torch.tensor([2]), target).item() < 1e-6
     assert mask_loss(logits, torch.tensor([1]), target).item() > 0.1
+
+
+def test_roi_narrower_than_a_feature_pixel_keeps_its_width():
+    # Box [8, 8, 8.5, 35] on the ramp f(y, x) = x reads P4 columns 2 to 9.5 / 4 = 2.375: bin k
+    # averages 2 + (k + 0.5) * 0.375 / 7. torchvision's unaligned kernel would widen it to 1.
+    ramp = torch.arange(16.0).expand(1, 1, 16, 16).contiguous()
+    features = [ramp] + [torch.zeros(1, 1, 16 // (2**k), 16 // (2**k)) for k in (1, 2, 3)]
+    pooled = roi_features(features, STRIDES, torch.tensor([[0.0, 8, 8, 8.5, 35]]), 7, RoIConfig())
+    assert pooled[0, 0, 0].tolist() == pytest.approx([2 + (k + 0.5) * 0.375 / 7 for k in range(7)])
+
+
+def test_no_rois_give_no_features():
+    features = [torch.zeros(1, 2, 64 // s, 64 // s) for s in STRIDES]
+    assert roi_features(features, STRIDES, torch.zeros(0, 5), 7, RoIConfig()).shape == (0, 2, 7, 7)

@@ -11,13 +11,18 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
+from efficientps_ros.ros.middleware import FASTDDS_BUILTIN_TRANSPORTS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The tests' own participants, created in this process, must match their children's.
+os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = FASTDDS_BUILTIN_TRANSPORTS
 
 
 def _only_loopback() -> bool:
@@ -29,11 +34,27 @@ def _prepend_path(path: str, existing: Optional[str]) -> str:
     return os.pathsep.join([path, *parts])
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it gives a true value or `timeout` s pass; its last value."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > end:
+            return value
+        time.sleep(interval)
+
+
+def error_lines(text: str) -> list[str]:
+    """The lines of a process's output that report an error."""
+    return [line for line in text.splitlines() if "ERROR" in line or "Traceback" in line]
+
+
 @pytest.fixture(scope="session")
 def ros_env() -> dict[str, str]:
     """Environment for child ROS processes: a fresh dict, safe to extend per test.
 
-    - FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA: megabyte images need it, and a
+    - FASTDDS_BUILTIN_TRANSPORTS as `efficientps_ros.ros.middleware` sets it
+      (LARGE_DATA, with time for TCP negotiation): megabyte images need it, and a
       process with it does not talk to one without it.
     - PYTHONPATH starts with the repository root, so children import this
       checkout of `efficientps_ros`.
@@ -44,7 +65,7 @@ def ros_env() -> dict[str, str]:
       limited to localhost (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST).
     """
     env = dict(os.environ)
-    env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    env["FASTDDS_BUILTIN_TRANSPORTS"] = FASTDDS_BUILTIN_TRANSPORTS
     env["PYTHONPATH"] = _prepend_path(str(REPO_ROOT), env.get("PYTHONPATH"))
     env["AMENT_PREFIX_PATH"] = _prepend_path(sys.prefix, env.get("AMENT_PREFIX_PATH"))
     env["PYTHONUNBUFFERED"] = "1"

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from PIL import ImageFile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -378,12 +379,129 @@ def test_rgb8_to_compressed_validates() -> None:
         rgb8_to_compressed(np.zeros((2, 2), np.uint8), "png")
 
 
-def test_a_compressed_image_over_the_pixel_limit_is_refused_before_decoding(monkeypatch):
+@pytest.fixture
+def decoded(monkeypatch) -> list:
+    """Records every decode of a file by Pillow, to show that a refusal came before one."""
+    calls = []
+    original_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: calls.append(self.size) or original_load(self))
+    return calls
+
+
+def test_a_compressed_image_over_the_pixel_limit_is_refused_before_decoding(decoded):
     msg = rgb8_to_compressed(np.zeros((40, 50, 3), np.uint8), "png")
-    decoded = []
-    original_load = PILImage.Image.load
-    monkeypatch.setattr(PILImage.Image, "load", lambda self: decoded.append(1) or original_load(self))
     with pytest.raises(ValueError, match=r"image of 50x40 exceeds max_image_pixels \(1999\)"):
         compressed_to_rgb8(msg, max_pixels=1999)
     assert decoded == []
     assert compressed_to_rgb8(msg, max_pixels=2000).shape == (40, 50, 3)
+
+
+def test_the_pixel_limit_counts_the_padded_network_input(decoded):
+    msg = rgb8_to_compressed(np.zeros((40, 50, 3), np.uint8), "png")
+    with pytest.raises(ValueError, match=r"padded to 64x64 for the network \(a multiple of 32\), 4096 pixels"):
+        compressed_to_rgb8(msg, max_pixels=4095, size_divisor=32)
+    assert decoded == []
+    assert compressed_to_rgb8(msg, max_pixels=4096, size_divisor=32).shape == (40, 50, 3)
+
+
+def test_a_1x100000_png_of_a_few_kilobytes_is_refused_from_its_header(decoded):
+    msg = rgb8_to_compressed(np.zeros((1, 100_000, 3), np.uint8), "png")
+    assert len(msg.data) < 2000
+    with pytest.raises(ValueError, match=r"image of 100000x1 has an aspect ratio of 100000:1; allowed: at most 16:1"):
+        compressed_to_rgb8(msg, max_pixels=8192 * 4096, size_divisor=32)
+    assert decoded == []
+
+
+def _with_png_size(data: bytes, width: int, height: int) -> bytes:
+    return data[:16] + struct.pack(">II", width, height) + data[24:]
+
+
+def test_a_png_header_beyond_the_limit_is_ours_to_refuse_not_pillows(decoded):
+    small = bytes(rgb8_to_compressed(np.zeros((4, 4, 3), np.uint8), "png").data)
+    msg = CompressedImage(format="png", data=_with_png_size(small, 30_000, 30_000))
+    with pytest.raises(ValueError, match=r"^image of 30000x30000 exceeds max_image_pixels \(33554432\)$"):
+        compressed_to_rgb8(msg, max_pixels=8192 * 4096)
+    assert decoded == []
+
+
+def _jpeg_with_size(data: bytes, width: int, height: int, frame: int = 0xC0) -> bytes:
+    """The jpeg `data` with its frame header claiming another size (and frame type)."""
+    start = data.index(b"\xff\xc0")
+    return data[:start + 1] + bytes([frame]) + data[start + 2:start + 5] + struct.pack(">HH", height, width) + data[start + 9:]
+
+
+def _noisy_jpeg(height: int = 160, width: int = 160) -> bytes:
+    pixels = np.random.default_rng(3).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return bytes(rgb8_to_compressed(pixels, "jpeg").data)
+
+
+def test_a_10kb_jpeg_claiming_8000x4000_is_refused_before_decoding(decoded):
+    # The first 10 KB of a frame, closed with an end-of-image marker: Pillow
+    # alone would decode it as a valid 8000x4000 frame, the rest filled grey.
+    data = _jpeg_with_size(_noisy_jpeg(), 8000, 4000)[:10_000] + b"\xff\xd9"
+    msg = CompressedImage(format="jpeg", data=data)
+    with pytest.raises(ValueError, match=(
+        r"corrupt jpeg image \(format 'jpeg'\): truncated: 10002 bytes cannot hold a 8000x4000 image, "
+        r"which needs at least 93750 bytes"
+    )):
+        compressed_to_rgb8(msg, max_pixels=8192 * 4096, size_divisor=32)
+    assert decoded == []
+
+
+def test_a_truncated_8000x4000_jpeg_is_refused_before_decoding(decoded):
+    pixels = np.zeros((4000, 8000, 3), np.uint8)
+    pixels[:100] = 200
+    good = bytes(rgb8_to_compressed(pixels, "jpeg").data)
+    msg = CompressedImage(format="jpeg", data=good[:10_000])
+    with pytest.raises(ValueError, match=r"corrupt jpeg image .*truncated: 10000 bytes without the closing end-of-image marker"):
+        compressed_to_rgb8(msg, max_pixels=8192 * 4096, size_divisor=32)
+    assert decoded == []
+
+
+def test_padding_after_the_end_of_image_marker_is_accepted():
+    pixels = smooth_rgb()
+    padded = bytes(rgb8_to_compressed(pixels, "jpeg").data) + b"\x00" * 13
+    decoded = compressed_to_rgb8(CompressedImage(format="jpeg", data=padded))
+    assert np.abs(decoded.astype(int) - pixels).mean() < 3
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"optimize": True}, {"subsampling": 0}])
+def test_flat_jpegs_of_any_coding_are_not_mistaken_for_truncated_ones(options):
+    for pixels in (np.zeros((480, 640, 3), np.uint8), np.zeros((480, 640), np.uint8)):
+        buffer = io.BytesIO()
+        PILImage.fromarray(pixels).save(buffer, "JPEG", **options)
+        rgb = compressed_to_rgb8(CompressedImage(format="jpeg", data=buffer.getvalue()), max_pixels=640 * 480)
+        assert rgb.shape == (480, 640, 3) and rgb.max() <= 1
+
+
+def test_an_arithmetic_coded_jpeg_is_refused_by_frame_type():
+    good = _noisy_jpeg(16, 16)
+    msg = CompressedImage(format="jpeg", data=_jpeg_with_size(good, 16, 16, frame=0xC9))
+    with pytest.raises(ValueError, match="frame type 0xC9 is not supported; allowed: baseline, extended or progressive"):
+        compressed_to_rgb8(msg)
+
+
+def test_a_png_without_its_closing_chunk_is_refused(decoded):
+    good = bytes(rgb8_to_compressed(random_array("rgb8", 40, 50, seed=4), "png").data)
+    with pytest.raises(ValueError, match=r"corrupt png image .*truncated: \d+ bytes without the closing IEND chunk"):
+        compressed_to_rgb8(CompressedImage(format="png", data=good[:-12]))
+    assert decoded == []
+
+
+def test_a_png_cut_inside_its_data_and_closed_again_is_refused():
+    good = bytes(rgb8_to_compressed(random_array("rgb8", 200, 300, seed=5), "png").data)
+    truncated = good[: len(good) // 2] + good[-12:]
+    with pytest.raises(ValueError, match="corrupt png image"):
+        compressed_to_rgb8(CompressedImage(format="png", data=truncated))
+
+
+def test_a_jpeg_header_declaring_no_pixels_is_refused():
+    msg = CompressedImage(format="jpeg", data=_jpeg_with_size(_noisy_jpeg(16, 16), 0, 16))
+    with pytest.raises(ValueError, match=r"corrupt jpeg image .*the header declares 0x16 pixels"):
+        compressed_to_rgb8(msg)
+
+
+def test_a_jpeg_header_of_endless_tiny_segments_is_refused():
+    data = b"\xff\xd8" + b"\xff\xfe\x00\x02" * 500_000 + b"\xff\xd9"
+    with pytest.raises(ValueError, match=r"corrupt jpeg image .*no frame header among the first 1024 segments"):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=data))

@@ -1,7 +1,12 @@
-"""PanopticResult -> messages, on hand-made results: encodings, data, header, boxes, class table."""
+"""PanopticResult -> messages, on hand-made results: encodings, data, header, boxes, class table.
+
+The images come serialised, as they are published; they are read back as a subscriber reads them.
+"""
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from efficientps_ros.model.config import load_config
@@ -55,7 +60,7 @@ def assert_same_header(header: Header) -> None:
 )
 def test_label_images_carry_the_maps_exactly(build, encoding, dtype, field):
     result = street()
-    image = build(result, HEADER)
+    image = deserialize_message(build(result, HEADER), Image)
     assert image.encoding == encoding
     assert (image.height, image.width) == (30, 50)
     assert image.step == 50 * np.dtype(dtype).itemsize
@@ -67,14 +72,14 @@ def test_label_images_carry_the_maps_exactly(build, encoding, dtype, field):
 def test_instance_ids_above_255_survive():
     result = street()
     result.instance[result.instance == 2] = 300
-    assert pixels(messages.instance_image(result, HEADER), np.uint16).max() == 300
+    assert pixels(deserialize_message(messages.instance_image(result, HEADER), Image), np.uint16).max() == 300
 
 
 def test_overlay_is_rgb8_of_the_painter_blend():
     result = street()
     rgb = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
     painter = PanopticPainter(CONFIG.classes)
-    image = messages.overlay_image(rgb, result, painter, 0.4, HEADER)
+    image = deserialize_message(messages.overlay_image(rgb, result, painter, 0.4, HEADER), Image)
     assert image.encoding == "rgb8" and image.step == 150
     assert_same_header(image.header)
     expected = painter.overlay(rgb, result, 0.4)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import rclpy
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from PIL import Image as PILImage
@@ -33,6 +34,8 @@ from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from efficientps_ros.data.synthetic import street_scene
 from efficientps_ros.model.config import CITYSCAPES_CLASSES
+
+from .conftest import error_lines, wait_until
 
 CAM_A, CAM_B, CAM_C = "/cam_a/image_raw", "/cam_b/image_raw", "/cam_c/image_raw"
 IMAGE_OUTPUTS = {"semantic": "mono8", "instance": "mono16", "panoptic": "32SC1", "overlay": "rgb8"}
@@ -75,15 +78,6 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > end:
-            return value
-        time.sleep(interval)
 
 
 class Collector:
@@ -211,22 +205,32 @@ def assert_same_header(actual: Header, expected: Header) -> None:
     assert actual.frame_id == expected.frame_id
 
 
-def camera_status(ros: Ros, camera: str, predicate: Callable[[dict], bool] = lambda v: True) -> dict:
-    """The latest diagnostics values of `camera` that satisfy `predicate`."""
+def diagnostic_status(ros: Ros, name: str, predicate: Callable[[dict], bool] = lambda v: True,
+                      timeout: float = 20.0) -> dict:
+    """The values of the latest status called `name` on /diagnostics that satisfies `predicate`."""
     collector = ros.collect("/diagnostics", DiagnosticArray, QoSProfile(depth=10))
 
     def find():
-        latest = collector.latest()
-        for status in latest.status if latest else []:
-            if status.name == f"efficientps: camera {camera}":
-                values = {kv.key: kv.value for kv in status.values}
-                values["_level"], values["_message"] = status.level, status.message
-                return values if predicate(values) else None
+        with collector._lock:
+            arrays = list(reversed(collector.messages[-20:]))
+        for array in arrays:
+            for status in array.status:
+                if status.name == name:
+                    values = {kv.key: kv.value for kv in status.values}
+                    values["_level"], values["_message"] = status.level, status.message
+                    if predicate(values):
+                        return values
         return None
 
-    values = wait_until(find, 20.0)
-    assert values, f"no diagnostics for {camera} satisfying the check"
+    values = wait_until(find, timeout)
+    assert values, f"no diagnostics {name!r} satisfying the check"
     return values
+
+
+def camera_status(ros: Ros, camera: str, predicate: Callable[[dict], bool] = lambda v: True,
+                  node_name: str = "efficientps") -> dict:
+    """The latest diagnostics values of `camera` that satisfy `predicate`."""
+    return diagnostic_status(ros, f"{node_name}: camera {camera}", predicate)
 
 
 def node_state(ros: Ros, name: str = "efficientps") -> str:
@@ -378,6 +382,14 @@ def test_bad_input_is_reported_and_the_next_good_frame_processed(ros, node, firs
     assert node.process.poll() is None
 
 
+def test_the_same_problem_on_another_camera_is_still_logged(ros, node, first_outputs):
+    """CAM_B's bad encoding was logged by the test above; CAM_A's is news of its own."""
+    bad, fragment = bad_frames()["bad encoding"]
+    assert publish_until(ros, CAM_A, bad, lambda: any(
+        CAM_A in line and fragment in line for line in node.text().splitlines())), node.text()[-3000:]
+    assert sum(CAM_A in line and fragment in line for line in node.text().splitlines()) == 1
+
+
 def test_a_flood_drops_frames_and_keeps_memory_bounded(ros, node, first_outputs):
     publisher = ros.publisher(CAM_A)
     before_counts = camera_status(ros, CAM_A)
@@ -391,6 +403,8 @@ def test_a_flood_drops_frames_and_keeps_memory_bounded(ros, node, first_outputs)
         publisher.publish(frame)
         time.sleep(0.01)
     rss_after = node.rss_mb()
+    slow = camera_status(ros, CAM_A, lambda v: "% of frames dropped" in v["_message"])
+    assert slow["_level"] == DiagnosticStatus.WARN and "slower than the camera" in slow["_message"]
     status = camera_status(
         ros, CAM_A, lambda v: int(v["frames_received"]) >= int(before_counts["frames_received"]) + sent // 2
     )
@@ -402,6 +416,24 @@ def test_a_flood_drops_frames_and_keeps_memory_bounded(ros, node, first_outputs)
     assert int(status["frames_lost_in_transport"]) >= 0
     assert rss_after - rss_before < 200, f"RSS grew from {rss_before:.0f} MB to {rss_after:.0f} MB"
     assert outputs_for(ros, CAM_A, rgb_frame(128, 256, "after_flood"))["overlay"] is not None
+
+
+def test_frames_lost_in_transport_raise_a_warning_that_says_so(ros, node, first_outputs):
+    """36 MB frames over best effort: nearly all are lost on the way (see the README's measurements)."""
+    best_effort = ros.node.create_publisher(Image, CAM_B, QoSProfile(depth=1,
+                                            reliability=ReliabilityPolicy.BEST_EFFORT))
+    try:
+        huge = Image(header=new_header("huge"), height=3000, width=4000, encoding="rgb8", step=12000,
+                     data=bytes(3000 * 4000 * 3))
+        assert wait_until(lambda: best_effort.get_subscription_count() > 0, FRAME_TIMEOUT)
+        for _ in range(20):
+            best_effort.publish(huge)
+            time.sleep(0.1)
+        status = camera_status(ros, CAM_B, lambda v: "lost in transport" in v["_message"])
+        assert status["_level"] >= DiagnosticStatus.WARN
+        assert int(status["frames_lost_in_transport"]) > 0 and "reliable" in status["_message"]
+    finally:
+        ros.node.destroy_publisher(best_effort)
 
 
 def test_invalid_parameters_are_refused_with_a_message_naming_them(ros, node):
@@ -443,6 +475,97 @@ def test_lifecycle_deactivate_activate_and_cleanup(ros, node, first_outputs):
     assert change_state(ros, Transition.TRANSITION_ACTIVATE)
     found = outputs_for(ros, CAM_A, rgb_frame(128, 256, "reconfigured"))
     assert (found["panoptic"].height, found["panoptic"].width) == (128, 256)
+
+
+# The namespaced node: /car1/seg, its default relative topic remapped, an absolute one remapped too,
+# reliable input, and use_sim_time with no /clock anywhere.
+NS_NODE = "/car1/seg"
+NS_CAMERA, NS_ABSOLUTE = "/car1/front/image", "/elsewhere/image"
+
+
+@pytest.fixture(scope="module")
+def namespaced_node(ros_env, tmp_path_factory, node):
+    process = NodeProcess(
+        ros_env,
+        tmp_path_factory.mktemp("namespaced") / "node.log",
+        "-r", "__ns:=/car1",
+        "-r", "__node:=seg",
+        "-r", "camera/image_raw:=front/image",
+        "-r", f"/shared/image_raw:={NS_ABSOLUTE}",
+        "-p", "image_topics:=['camera/image_raw', '/shared/image_raw']",
+        "-p", "model.preset_or_config:=small",
+        "-p", "device:=cpu",
+        "-p", "input_qos.reliability:=reliable",
+        "-p", "use_sim_time:=true",
+        "-p", "diagnostics_period:=0.5",
+    )
+    try:
+        process.wait_for_log("active:")
+        yield process
+    finally:
+        process.stop()
+
+
+def ns_prefix(camera: str) -> str:
+    return camera.rsplit("/", 1)[0] + "/efficientps"
+
+
+def test_outputs_follow_the_namespace_and_remaps_and_the_log_names_them(ros, namespaced_node):
+    assert (f"active: {NS_CAMERA} -> /car1/front/efficientps/*, {NS_ABSOLUTE} -> /elsewhere/efficientps/*"
+            in namespaced_node.text()), namespaced_node.text()[-2000:]
+    for camera in (NS_CAMERA, NS_ABSOLUTE):
+        frame = rgb_frame(96, 160, f"ns_{camera}")
+        found = outputs_for(ros, camera, frame)
+        assert_same_header(found["semantic"].header, frame.header)
+    # Nothing is published where the defaults would have put it.
+    assert not ros.node.count_publishers("/camera/efficientps/semantic")
+    assert ros.node.count_publishers(f"{ns_prefix(NS_CAMERA)}/semantic") == 1
+    assert node_state(ros, "car1/seg") == "active"
+
+
+def test_diagnostics_run_on_steady_time_under_use_sim_time_without_a_clock(ros, namespaced_node):
+    assert not ros.node.count_publishers("/clock")
+    collector = ros.collect("/diagnostics", DiagnosticArray, QoSProfile(depth=10))
+
+    def reports() -> int:
+        with collector._lock:
+            return sum(any(status.name == "seg: model" for status in array.status) for array in collector.messages)
+
+    camera_status(ros, NS_CAMERA, node_name="seg")
+    before = reports()
+    assert wait_until(lambda: reports() >= before + 3, 10.0), "diagnostics stopped without /clock"
+
+
+def test_a_publisher_with_incompatible_qos_raises_a_warning(ros, namespaced_node):
+    best_effort = ros.node.create_publisher(Image, NS_ABSOLUTE, QoSProfile(depth=1,
+                                            reliability=ReliabilityPolicy.BEST_EFFORT))
+    try:
+        status = camera_status(ros, NS_ABSOLUTE, lambda v: v["_level"] == DiagnosticStatus.WARN, node_name="seg")
+        assert "incompatible" in status["_message"] and "RELIABILITY" in status["_message"]
+        assert int(status["incompatible_qos_events"]) >= 1
+        namespaced_node.wait_for_log("QoS is incompatible", 20.0)
+    finally:
+        ros.node.destroy_publisher(best_effort)
+
+
+def test_deactivate_returns_during_a_batch_and_drops_its_result(ros, namespaced_node):
+    big = rgb_frame(1536, 3072, "in_flight")
+    semantic = ros.collect(f"{ns_prefix(NS_CAMERA)}/semantic")
+    outputs_for(ros, NS_CAMERA, rgb_frame(1536, 3072, "warm_up"))  # this size has run once
+    model_ms = float(camera_status(ros, NS_CAMERA, node_name="seg")["model_time_median_ms"])
+    received = int(camera_status(ros, NS_CAMERA, node_name="seg")["frames_received"])
+    errors_before = len(error_lines(namespaced_node.text()))
+    ros.publisher(NS_CAMERA).publish(big)
+    camera_status(ros, NS_CAMERA, lambda v: int(v["frames_received"]) > received, node_name="seg")
+    begun = time.monotonic()
+    assert change_state(ros, Transition.TRANSITION_DEACTIVATE, "car1/seg")
+    deactivate_ms = (time.monotonic() - begun) * 1000
+    print(f"deactivate during a batch: {deactivate_ms:.0f} ms; the model takes {model_ms:.0f} ms on the frame "
+          f"(x{model_ms / deactivate_ms:.1f})")
+    assert change_state(ros, Transition.TRANSITION_ACTIVATE, "car1/seg")
+    assert outputs_for(ros, NS_CAMERA, rgb_frame(96, 160, "after_in_flight"))["semantic"] is not None
+    assert semantic.with_stamp(big.header.stamp) is None, "a deactivated batch's result was published"
+    assert len(error_lines(namespaced_node.text())) == errors_before, namespaced_node.text()[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -498,7 +621,26 @@ def test_an_invalid_parameter_at_start_is_refused_by_name(ros_processes, overrid
     )
     assert result.returncode == 2
     assert all(name in result.stderr for name in names), result.stderr
-    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ("device:=gpu", "parameter device: not a device (got 'gpu'); allowed: auto, cpu, cuda or cuda:N"),
+        ("score_threshold:=high", "parameter score_threshold: expected a float (got 'high', a string); "
+                                  "allowed: 0.0 to 1.0"),
+        ("input_qos.depth:=0", "parameter input_qos.depth: out of range (got 0); allowed: 1 to 100"),
+    ],
+)
+def test_a_bad_parameter_at_start_prints_exactly_one_line(ros_processes, override, line):
+    result = ros_processes.run(
+        module="efficientps_ros.ros.node", args=["--ros-args", "-r", "__node:=efficientps_one_line", "-p", override],
+        timeout=120, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"efficientps_node: {line}"
+    assert result.stdout.strip() == ""
 
 
 def test_an_unreadable_params_file_is_refused_in_one_line(ros_processes, tmp_path):
@@ -512,15 +654,81 @@ def test_an_unreadable_params_file_is_refused_in_one_line(ros_processes, tmp_pat
     assert "Traceback" not in result.stderr
 
 
-def test_a_missing_checkpoint_fails_configure_with_its_name_and_the_node_stays_up(ros, ros_processes, tmp_path):
+def test_a_failed_configure_with_autostart_logs_the_reason_once_and_exits_non_zero(ros_processes, tmp_path):
     missing = tmp_path / "nowhere" / "model.safetensors"
-    child = ros_processes.start(
+    result = ros_processes.run(
         module="efficientps_ros.ros.node",
         args=["--ros-args", "-r", "__node:=efficientps_no_checkpoint", "-p", f"model.checkpoint:={missing}"],
+        timeout=START_TIMEOUT,
+        check=False,
     )
-    assert wait_until(lambda: "configure failed" in child.stderr or child.popen.poll() is not None, START_TIMEOUT)
-    assert "configure failed" in child.stderr, child.describe()
-    assert str(missing) in child.stderr
-    assert "Traceback" not in child.stderr
-    assert node_state(ros, "efficientps_no_checkpoint") == "unconfigured"
-    assert child.popen.poll() is None
+    assert result.returncode == 1, result.stderr
+    reasons = [line for line in result.stderr.splitlines() if "configure failed" in line]
+    assert len(reasons) == 1 and str(missing) in reasons[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_teardown_that_stalls_still_ends_the_process_in_time_with_its_status(ros_processes, tmp_path):
+    # The middleware's teardown can block for good; a supervisor must still see the exit it waits for.
+    # Here it stalls after freeing the DDS participant, so that no half-dead peer is left for later tests.
+    missing = tmp_path / "nowhere" / "model.safetensors"
+    stalled = f"""
+import time
+from efficientps_ros.ros import node
+node.EXIT_DEADLINE_S = 5.0
+tear_down = node._tear_down_ros
+node._tear_down_ros = lambda: (tear_down(), time.sleep(3600))
+node.main(["--ros-args", "-p", "model.checkpoint:={missing}"])
+"""
+    result = ros_processes.run(stalled, timeout=START_TIMEOUT, check=False)
+    assert result.returncode == 1, result.stderr
+    assert "shutdown took over 5 s" in result.stderr, result.stderr
+
+
+def test_a_failed_configure_without_autostart_stays_up_and_reports_error_on_diagnostics(ros, ros_processes, tmp_path):
+    missing = tmp_path / "nowhere" / "model.safetensors"
+    name = "efficientps_retry"
+    child = ros_processes.start(
+        module="efficientps_ros.ros.node",
+        args=["--ros-args", "-r", f"__node:={name}", "-p", "autostart:=false", "-p", f"model.checkpoint:={missing}",
+              "-p", "diagnostics_period:=0.5"],
+    )
+    waiting = diagnostic_status(ros, f"{name}: model", timeout=START_TIMEOUT)
+    assert waiting["_level"] == DiagnosticStatus.OK and waiting["_message"] == "unconfigured"
+    assert not change_state(ros, Transition.TRANSITION_CONFIGURE, name)
+    assert node_state(ros, name) == "unconfigured"
+    failed = diagnostic_status(ros, f"{name}: model", lambda v: v["_level"] == DiagnosticStatus.ERROR)
+    assert "configure failed" in failed["_message"] and str(missing) in failed["_message"]
+    assert child.popen.poll() is None, child.describe()
+    # The retry the node stayed up for.
+    assert ros.call(SetParameters, f"/{name}/set_parameters", SetParameters.Request(
+        parameters=[Parameter("model.checkpoint", value="").to_parameter_msg()])).results[0].successful
+    assert change_state(ros, Transition.TRANSITION_CONFIGURE, name)
+    configured = diagnostic_status(ros, f"{name}: model", lambda v: v["_message"] == "inactive")
+    assert configured["_level"] != DiagnosticStatus.ERROR
+    assert child.stop().returncode == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_frames_arrive_shuts_down_cleanly(ros, ros_processes, signum):
+    camera = f"/stop_{signum}/image_raw"
+    child = ros_processes.start(
+        module="efficientps_ros.ros.node",
+        args=["--ros-args", "-r", f"__node:=efficientps_stop_{signum}", "-p", "device:=cpu",
+              "-p", "model.preset_or_config:=small", "-p", f"image_topics:=['{camera}']"],
+    )
+    assert wait_until(lambda: "active:" in child.stderr or child.popen.poll() is not None, START_TIMEOUT)
+    outputs = output_collectors(ros, camera)
+    frame = rgb_frame(240, 320, "stopping")
+    assert publish_until(ros, camera, frame, lambda: outputs["overlay"].latest()), child.describe()
+    publisher = ros.publisher(camera)
+    # Frames keep coming, so the worker is busy with one when the signal arrives.
+    for index in range(40):
+        frame.header = new_header("stopping")
+        publisher.publish(frame)
+        time.sleep(0.05)
+        if index == 20:
+            os.kill(child.popen.pid, signum)
+    result = child.wait(30)
+    assert result.returncode == 0, child.describe()
+    assert error_lines(result.stdout + result.stderr) == [], child.describe()

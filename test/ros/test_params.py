@@ -10,8 +10,10 @@ from efficientps_ros.ros.params import (
     ParameterError,
     check_change,
     check_value,
+    declare,
     descriptor,
     output_prefix,
+    shared_prefix_problem,
 )
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "config" / "efficientps.yaml"
@@ -44,7 +46,8 @@ def test_numeric_parameters_carry_ros_ranges():
 
 def test_the_params_file_holds_every_parameter_with_its_default():
     tree = yaml.safe_load(PARAMS_FILE.read_text())
-    values = flatten(tree["efficientps"]["ros__parameters"])
+    assert list(tree) == ["/**"], "the params file must apply under any node name and namespace"
+    values = flatten(tree["/**"]["ros__parameters"])
     assert set(values) == set(SPECS_BY_NAME)
     for name, value in values.items():
         assert value == SPECS_BY_NAME[name].default, name
@@ -52,7 +55,7 @@ def test_the_params_file_holds_every_parameter_with_its_default():
 
 def test_defaults_make_valid_settings():
     settings = NodeSettings.from_values({})
-    assert settings.image_topics == ("/camera/image_raw",)
+    assert settings.image_topics == ("camera/image_raw",), "relative, so that namespaces and remaps apply"
     assert settings.inference_size is None
     assert settings.fusion == {"score_threshold": 0.5, "overlap_threshold": 0.5, "min_stuff_area": 2048}
     assert all(settings.publishes(name) for name in ("semantic", "instance", "panoptic", "overlay", "detections"))
@@ -125,3 +128,49 @@ def test_cameras_that_would_share_output_topics_are_refused():
     settings = NodeSettings.from_values({"image_topics": ["/front/image_raw", "/rear/image_raw"]})
     assert [output_prefix(t, settings.output_namespace) for t in settings.image_topics] == [
         "/front/efficientps", "/rear/efficientps"]
+
+
+def test_shared_prefixes_are_found_among_resolved_names():
+    assert shared_prefix_problem(["/car1/camera/image_raw", "/car2/camera/image_raw"], "efficientps") is None
+    problem = shared_prefix_problem(["/car1/camera/image_raw", "/car1/camera/image_rect"], "seg")
+    assert problem and "/car1/camera/seg/" in problem
+
+
+class _DeclaringNode:
+    """Stands in for a node whose start-up overrides rclpy refuses with `error`."""
+
+    def __init__(self, error):
+        self._error = error
+
+    def declare_parameter(self, name, default, descriptor):
+        if name == "score_threshold":
+            raise self._error
+
+
+def test_a_type_refusal_at_start_is_one_line_naming_the_value():
+    from rclpy.exceptions import InvalidParameterTypeException
+    from rclpy.parameter import Parameter
+
+    error = InvalidParameterTypeException(Parameter("score_threshold", value="abc"), "DOUBLE")
+    with pytest.raises(ParameterError) as refused:
+        declare(_DeclaringNode(error))
+    assert str(refused.value) == (
+        "parameter score_threshold: expected a float (got 'abc', a string); allowed: 0.0 to 1.0")
+
+
+def test_a_range_refusal_at_start_says_it_as_our_check_does():
+    from rclpy.exceptions import InvalidParameterValueException
+
+    error = InvalidParameterValueException("score_threshold", 2.0, "Parameter score_threshold out of range")
+    with pytest.raises(ParameterError) as refused:
+        declare(_DeclaringNode(error))
+    assert str(refused.value) == "parameter score_threshold: out of range (got 2.0); allowed: 0.0 to 1.0"
+
+
+def test_the_node_s_own_refusal_is_the_message_when_it_refused():
+    from rclpy.exceptions import InvalidParameterValueException
+
+    error = InvalidParameterValueException("score_threshold", 0.7, "refused by the node")
+    with pytest.raises(ParameterError) as refused:
+        declare(_DeclaringNode(error), lambda: "parameter score_threshold: the node's reason")
+    assert str(refused.value) == "parameter score_threshold: the node's reason"

@@ -108,3 +108,43 @@ def test_decode_refuses_images_above_the_pixel_limit_before_reading_them():
     with pytest.raises(ValueError, match="exceeds max_image_pixels"):
         decode(message, "raw", max_pixels=1000)
     assert decode(message, "raw", max_pixels=48 * 64).shape == (48, 64, 3)
+
+
+def test_the_pixel_limit_counts_the_padded_area_the_model_sees(predictor):
+    # 40x100 is 4,000 pixels; the small model pads it to 64x128, 8,192.
+    pipeline, outputs, stats, logged = make_pipeline(predictor, max_image_pixels=5000)
+    pipeline.process([frame("/a", 40, 100)])
+    assert outputs["/a"].sent == [] and stats["/a"].snapshot().errors == 1
+    assert "padded to" in logged[0] and "max_image_pixels (5000)" in logged[0]
+    pipeline, outputs, _, _ = make_pipeline(predictor, max_image_pixels=64 * 128)
+    pipeline.process([frame("/a", 40, 100)])
+    assert len(outputs["/a"].sent) == 1
+
+
+class ClosedDuringBatch:
+    """The real predictor, except that the pipeline is closed (deactivated) while the batch runs."""
+
+    def __init__(self, predictor: Predictor, fail: bool = False):
+        self._predictor = predictor
+        self.device = predictor.device
+        self.config = predictor.config
+        self.fail = fail
+        self.pipeline = None
+
+    def predict(self, images):
+        self.pipeline.close()
+        if self.fail:
+            raise RuntimeError("the model was freed under the batch")
+        return self._predictor.predict(images)
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["result", "failure"])
+def test_a_batch_in_the_model_when_closed_is_dropped_without_a_word(predictor, fail):
+    closing = ClosedDuringBatch(predictor, fail)
+    pipeline, outputs, stats, logged = make_pipeline(closing)
+    closing.pipeline = pipeline
+    pipeline.process([frame("/a")])
+    assert outputs["/a"].sent == []
+    assert logged == [] and stats["/a"].snapshot().errors == 0
+    pipeline.process([frame("/a", encoding="yuv9")])
+    assert logged == [], "a closed pipeline reports nothing"

@@ -1,0 +1,167 @@
+"""`efficientps bag play BAG`: a bag's messages over DDS, with the recorded timing.
+
+Messages go out as the bag holds them, CDR bytes published without
+deserialising (ROS 1 messages converted to CDR first). With `clock`, /clock
+follows the bag's time, so that nodes with use_sim_time run on bag time.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import rclpy
+from rclpy.duration import Duration
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from rosgraph_msgs.msg import Clock
+
+from .message_types import COMPRESSED_IMAGE, IMAGE, message_class
+from .source import BagError, BagSource, CorruptMessage
+
+# Reliable reaches best-effort and reliable subscribers alike.
+PLAY_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# Topics recorded latched (label_info, tf_static) reach late subscribers too.
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+CLOCK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# /clock is published at least this often while waiting for the next message.
+CLOCK_HZ = 50.0
+# Once a publisher sees a subscriber, the subscriber may not have seen it yet,
+# and would drop what comes before it has.
+MATCH_SETTLE_S = 1.5
+# How long each publisher may wait at the end for its reliable subscribers to acknowledge.
+ACK_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class PlayOptions:
+    rate: float = 1.0
+    topics: tuple[str, ...] = ()  # empty: every topic whose type is installed
+    loop: bool = False
+    clock: bool = False
+    start: float = 0.0  # seconds into the bag
+    duration: float | None = None  # seconds of bag time; None: to the end
+    wait_for_subscribers: float = 0.0  # seconds to wait for `subscribers` on every image topic
+    subscribers: int = 1
+
+
+def time_window(bag_start: int, start: float, duration: float | None) -> tuple[int, int | None]:
+    """[begin, stop) in bag time (ns) for `start` seconds into the bag and `duration` seconds on."""
+    begin = bag_start + round(start * 1e9)
+    return begin, None if duration is None else begin + round(duration * 1e9)
+
+
+def due_after(timestamp: int, begin: int, rate: float) -> float:
+    """Seconds after playback began at which a message of bag time `timestamp` goes out."""
+    return (timestamp - begin) / 1e9 / rate
+
+
+def check_options(options: PlayOptions) -> None:
+    if not options.rate > 0:
+        raise ValueError(f"--rate must be above 0 (got {options.rate})")
+    if options.start < 0 or (options.duration is not None and options.duration <= 0):
+        raise ValueError(f"--start must be 0 or more and --duration above 0 (got {options.start}, {options.duration})")
+
+
+def playable_topics(source: BagSource, wanted: tuple[str, ...], report: Callable[[str], None]) -> dict[str, type]:
+    """Topic -> rclpy class of each topic to play; topics of types not installed here are reported and left out."""
+    for topic in wanted:
+        if topic not in source.topics:
+            raise BagError(f"bag {source.path}, topic {topic}: not in the bag")
+    playable = {}
+    for topic in wanted or sorted(source.topics):
+        msgtype = source.topics[topic]
+        cls = message_class(msgtype)
+        if cls is None:
+            report(f"bag {source.path}, topic {topic}: type {msgtype} is not installed here; not played")
+        else:
+            playable[topic] = cls
+    if not playable:
+        raise BagError(f"bag {source.path}: nothing to play")
+    return playable
+
+
+def play_bag(path: str | Path, options: PlayOptions = PlayOptions(),
+             report: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> int:
+    """Play the bag; returns how many messages went out. Ctrl-C ends it cleanly."""
+    check_options(options)
+    with BagSource(path) as source:
+        topics = playable_topics(source, options.topics, report)
+        # Ctrl-C stays a KeyboardInterrupt: nothing is published on a context rclpy already shut down.
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        node = rclpy.create_node("efficientps_bag_play")
+        sent = 0
+        try:
+            publishers = {topic: node.create_publisher(cls, topic, LATCHED_QOS if source.latched(topic) else PLAY_QOS)
+                          for topic, cls in topics.items()}
+            clock = node.create_publisher(Clock, "/clock", CLOCK_QOS) if options.clock else None
+            _wait_for_subscribers(source, publishers, options, report)
+            while True:
+                sent += _play_once(source, publishers, clock, options, report)
+                if not options.loop:
+                    break
+            # The last messages may still be on their way; leaving now would lose them.
+            for publisher in (*publishers.values(), *([clock] if clock else [])):
+                publisher.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT_S))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown()
+        report(f"played {sent} messages on {len(topics)} topics from {source.path}")
+        return sent
+
+
+def _wait_for_subscribers(source: BagSource, publishers: dict, options: PlayOptions, report) -> None:
+    timeout = options.wait_for_subscribers
+    if timeout <= 0:
+        return
+    images = [p for t, p in publishers.items() if source.topics[t] in (IMAGE, COMPRESSED_IMAGE)]
+    deadline = time.monotonic() + timeout
+    while any(p.get_subscription_count() < options.subscribers for p in images or publishers.values()):
+        if time.monotonic() > deadline:
+            report(f"fewer than {options.subscribers} subscriber(s) on some image topics after {timeout:.0f} s; "
+                   "playing anyway")
+            return
+        time.sleep(0.05)
+    time.sleep(MATCH_SETTLE_S)
+
+
+def _play_once(source: BagSource, publishers: dict, clock, options: PlayOptions, report) -> int:
+    begin, stop = time_window(source.start_time, options.start, options.duration)
+    started = time.monotonic()
+    sent = 0
+    for message in source.messages(set(publishers), start=begin, stop=stop):
+        try:
+            data = source.cdr(message)
+        except CorruptMessage as exc:
+            report(f"{exc}; not played")
+            continue
+        _wait_until(started + due_after(message.timestamp, begin, options.rate), clock, begin, started, options.rate)
+        if clock is not None:
+            clock.publish(_clock(message.timestamp))
+        publishers[message.topic].publish(data)
+        sent += 1
+    if options.loop:
+        # A pass lasts as long as its stretch of the bag, however few messages it held.
+        end = source.end_time if stop is None else min(stop, source.end_time)
+        _wait_until(started + due_after(end, begin, options.rate), clock, begin, started, options.rate)
+    return sent
+
+
+def _wait_until(due: float, clock, begin: int, started: float, rate: float) -> None:
+    """Sleep until `due` (monotonic), keeping /clock moving with the bag's time meanwhile."""
+    while (left := due - time.monotonic()) > 0:
+        time.sleep(min(left, 1.0 / CLOCK_HZ))
+        if clock is not None:
+            now = min(time.monotonic(), due)
+            clock.publish(_clock(begin + round((now - started) * rate * 1e9)))
+
+
+def _clock(timestamp: int) -> Clock:
+    message = Clock()
+    message.clock.sec, message.clock.nanosec = divmod(timestamp, 10**9)
+    return message

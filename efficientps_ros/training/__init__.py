@@ -1,0 +1,1 @@
+"""The parts of a training run: recipe, sampler, batches, checkpoints, logs, validation."""

@@ -1,0 +1,96 @@
+"""ImageNet backbone weights from timm files: every tensor checked by name and shape.
+
+The files are written by timm from randomly initialised models, so nothing is downloaded.
+"""
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from efficientps_ros.model.backbone import Backbone
+from efficientps_ros.model.checkpoint import CheckpointError
+from efficientps_ros.model.config import load_config
+from efficientps_ros.model.pretrained import load_backbone_weights
+
+
+@pytest.fixture(scope="module")
+def timm_state():
+    torch.manual_seed(0)
+    state = timm.create_model("tf_efficientnet_b0", pretrained=False).state_dict()
+    # Trained scales vary, and a few are below eps or negative, which |weight| + eps cannot be.
+    for key, tensor in state.items():
+        if key.endswith("weight") and tensor.dim() == 1:
+            state[key] = torch.rand_like(tensor) * 2 - 0.1
+        elif key.endswith(("running_mean", "running_var", "bias")):
+            state[key] = torch.rand_like(tensor)
+    return state
+
+
+@pytest.fixture
+def backbone():
+    return Backbone(load_config("small").backbone)
+
+
+def _write(tmp_path, state, name="b0.safetensors"):
+    path = tmp_path / name
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def test_a_timm_checkpoint_loads_with_se_and_classifier_left_out(tmp_path, timm_state, backbone):
+    assert any(".se." in k for k in timm_state) and any(k.startswith("classifier.") for k in timm_state)
+    clamped = load_backbone_weights(backbone, _write(tmp_path, timm_state))
+    ours = backbone.state_dict()
+    assert not any(".se." in k or k.startswith("classifier.") for k in ours)
+    for key in ("conv_stem.weight", "blocks.3.1.conv_dw.weight", "conv_head.weight", "bn2.running_var"):
+        assert torch.equal(ours[key], timm_state[key])
+    # The scale |weight| + eps reproduces timm's weight wherever it is at least eps, and is eps elsewhere.
+    eps = backbone.bn1.eps
+    scale = backbone.bn1.weight.abs() + eps
+    reference = timm_state["bn1.weight"]
+    torch.testing.assert_close(scale, reference.clamp_min(eps))
+    expected = sum(int((timm_state[f"{n}.weight"] < m.eps).sum())
+                   for n, m in backbone.named_modules() if hasattr(m, "running_var"))
+    assert clamped == expected > 0
+
+
+def test_a_torch_file_is_read_without_executing_code(tmp_path, timm_state, backbone):
+    path = tmp_path / "b0.pth"
+    torch.save({"state_dict": timm_state}, path)
+    load_backbone_weights(backbone, path)
+    assert torch.equal(backbone.state_dict()["conv_stem.weight"], timm_state["conv_stem.weight"])
+    hostile = tmp_path / "hostile.pth"
+    torch.save({"state_dict": timm_state, "hook": _Payload()}, hostile)
+    with pytest.raises(CheckpointError, match="hostile.pth: not a readable timm checkpoint"):
+        load_backbone_weights(backbone, hostile)
+
+
+class _Payload:
+    """Stands for an object a pickle would construct on load."""
+
+
+def test_a_missing_tensor_is_refused_by_name(tmp_path, timm_state, backbone):
+    state = dict(timm_state)
+    del state["blocks.2.0.conv_pwl.weight"]
+    before = backbone.state_dict()["conv_stem.weight"].clone()
+    with pytest.raises(CheckpointError, match=r"1 missing: blocks\.2\.0\.conv_pwl\.weight"):
+        load_backbone_weights(backbone, _write(tmp_path, state))
+    assert torch.equal(backbone.state_dict()["conv_stem.weight"], before)  # nothing half-loaded
+
+
+def test_a_misshapen_tensor_is_refused_by_name_and_shape(tmp_path, timm_state, backbone):
+    state = dict(timm_state)
+    state["conv_head.weight"] = torch.zeros(1280, 320, 3, 3)
+    with pytest.raises(CheckpointError, match=r"wrong shape: conv_head\.weight \(1280, 320, 3, 3\) != \(1280, 320, 1, 1\)"):
+        load_backbone_weights(backbone, _write(tmp_path, state))
+
+
+def test_another_width_is_refused(tmp_path, backbone):
+    state = timm.create_model("tf_efficientnet_b1", pretrained=False).state_dict()
+    with pytest.raises(CheckpointError, match="does not fit the backbone"):
+        load_backbone_weights(backbone, _write(tmp_path, state, "b1.safetensors"))
+
+
+def test_a_missing_file_is_named(tmp_path, backbone):
+    with pytest.raises(CheckpointError, match="nope.safetensors: backbone weights file not found"):
+        load_backbone_weights(backbone, tmp_path / "nope.safetensors")

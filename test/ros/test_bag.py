@@ -1,0 +1,527 @@
+"""Recorded drives: bags written here with rosbags itself, played into the node, recorded, and run offline.
+
+The input bags are written with rosbags' own writers and type stores, not
+with this package's tools, so that a bug in those cannot hide in both sides.
+"""
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag1 import Writer as Ros1Writer
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from efficientps_ros.cli import main
+from efficientps_ros.ros.bag import BagError
+from efficientps_ros.ros.bag.message_types import definition
+from efficientps_ros.ros.bag.offline import run_bag
+from efficientps_ros.ros.bag.play import PlayOptions, due_after, playable_topics, time_window
+from efficientps_ros.ros.bag.record import is_output_topic
+from efficientps_ros.ros.bag.source import BagSource
+
+ROS2 = get_typestore(Stores.ROS2_KILTED)
+ROS1 = get_typestore(Stores.ROS1_NOETIC)
+HEIGHT, WIDTH = 64, 128
+FIRST_NS = 1_000_000_000_000
+
+
+def frame_time(index: int) -> int:
+    """Bag time of frame `index`: far enough apart that the node finishes each before the next,
+    the first one's gap the longest, as the first forward pass is the slowest."""
+    return FIRST_NS + (0 if index == 0 else 1_200_000_000 + index * 800_000_000)
+
+OUTPUT_TYPES = {
+    "semantic": ("sensor_msgs/msg/Image", "mono8"),
+    "instance": ("sensor_msgs/msg/Image", "mono16"),
+    "panoptic": ("sensor_msgs/msg/Image", "32SC1"),
+    "overlay": ("sensor_msgs/msg/Image", "rgb8"),
+    "detections": ("vision_msgs/msg/Detection2DArray", None),
+}
+START_TIMEOUT = 180.0
+
+
+def picture(index: int, camera: int) -> np.ndarray:
+    """A street-like frame: sky, road, and a dark box that moves with `index`."""
+    image = np.empty((HEIGHT, WIDTH, 3), np.uint8)
+    image[: HEIGHT // 2] = (70, 130, 180)
+    image[HEIGHT // 2 :] = (128, 64, 128)
+    left = 10 + 12 * index + 30 * camera
+    image[HEIGHT // 2 - 10 : HEIGHT // 2 + 14, left : left + 30] = (0, 0, 142)
+    return image
+
+
+def _stamp(store, ns: int):
+    return store.types["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9)
+
+
+def _raw_image(store, ns: int, frame_id: str, rgb: np.ndarray, ros1: bool = False):
+    header_type = store.types["std_msgs/msg/Header"]
+    header = header_type(seq=0, stamp=_stamp(store, ns), frame_id=frame_id) if ros1 else header_type(
+        stamp=_stamp(store, ns), frame_id=frame_id)
+    return store.types["sensor_msgs/msg/Image"](
+        header=header, height=HEIGHT, width=WIDTH, encoding="rgb8", is_bigendian=0, step=3 * WIDTH,
+        data=rgb.reshape(-1))
+
+
+def _jpeg(ns: int, frame_id: str, rgb: np.ndarray):
+    buffer = io.BytesIO()
+    PILImage.fromarray(rgb).save(buffer, "JPEG", quality=90)
+    header = ROS2.types["std_msgs/msg/Header"](stamp=_stamp(ROS2, ns), frame_id=frame_id)
+    return ROS2.types["sensor_msgs/msg/CompressedImage"](
+        header=header, format="rgb8; jpeg compressed bgr8", data=np.frombuffer(buffer.getvalue(), np.uint8))
+
+
+@dataclass(frozen=True)
+class RecordedDrive:
+    path: Path
+    cameras: tuple[str, ...]  # the node's image_topics
+    transport: str
+    stamps: dict[str, list[int]]  # camera -> header stamps (ns) of its frames
+
+
+def write_ros2_drive(path: Path, storage: str, compressed: bool, cameras=("/cam_a/image_raw", "/cam_b/image_raw"),
+                     frames: int = 3) -> RecordedDrive:
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+    stamps = {camera: [] for camera in cameras}
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        topic_of = {camera: camera + ("/compressed" if compressed else "") for camera in cameras}
+        connections = {c: writer.add_connection(topic_of[c], msgtype, typestore=ROS2) for c in cameras}
+        for index in range(frames):
+            for k, camera in enumerate(cameras):
+                ns = frame_time(index) + k * 10_000_000
+                rgb = picture(index, k)
+                message = _jpeg(ns, f"frame_{k}", rgb) if compressed else _raw_image(ROS2, ns, f"frame_{k}", rgb)
+                writer.write(connections[camera], ns, ROS2.serialize_cdr(message, msgtype))
+                stamps[camera].append(ns)
+    return RecordedDrive(path, tuple(cameras), "compressed" if compressed else "raw", stamps)
+
+
+def write_ros1_drive(path: Path, camera: str = "/cam_a/image_raw", frames: int = 3) -> RecordedDrive:
+    stamps = []
+    with Ros1Writer(path) as writer:
+        connection = writer.add_connection(camera, "sensor_msgs/msg/Image", typestore=ROS1)
+        for index in range(frames):
+            ns = frame_time(index)
+            message = _raw_image(ROS1, ns, "frame_0", picture(index, 0), ros1=True)
+            writer.write(connection, ns, ROS1.serialize_ros1(message, "sensor_msgs/msg/Image"))
+            stamps.append(ns)
+    return RecordedDrive(path, (camera,), "raw", {camera: stamps})
+
+
+def read_bag(path: Path) -> dict[str, list[tuple[int, object, bytes]]]:
+    """topic -> [(bag time, message, canonical CDR)], read with rosbags.
+
+    The CDR is the message serialized again by rosbags: bytes as they came
+    over DDS may carry trailing alignment padding that says nothing of the content.
+    """
+    out: dict[str, list] = {}
+    with AnyReader([path]) as reader:
+        for connection, timestamp, raw in reader.messages():
+            message = reader.deserialize(raw, connection.msgtype)
+            canonical = bytes(reader.typestore.serialize_cdr(message, connection.msgtype))
+            out.setdefault(connection.topic, []).append((timestamp, message, canonical))
+    return out
+
+
+def output_topic(camera: str, name: str) -> str:
+    return f"{camera.rsplit('/', 1)[0]}/efficientps/{name}"
+
+
+def _ns(stamp) -> int:
+    return stamp.sec * 10**9 + stamp.nanosec
+
+
+# --- live replay ------------------------------------------------------------
+
+def _replay(ros_processes, drive: RecordedDrive, tmp_path: Path) -> Path:
+    """Play `drive` into a node with `bag play --clock`, record its outputs with `bag record`."""
+    topics = "[" + ", ".join(f"'{c}'" for c in drive.cameras) + "]"
+    node = ros_processes.start(module="efficientps_ros.ros.node", name="node", args=[
+        "--ros-args", "-p", f"image_topics:={topics}", "-p", f"transport:={drive.transport}", "-p", "device:=cpu"])
+    out = tmp_path / "recorded"
+    recorder = ros_processes.start(module="efficientps_ros.cli", name="record", args=[
+        "bag", "record", str(out), "--all-outputs", "--topics", "/clock"])
+    expected = {output_topic(c, name) for c in drive.cameras for name in (*OUTPUT_TYPES, "label_info")}
+    deadline = time.monotonic() + START_TIMEOUT
+    while not all(f"recording {topic} " in recorder.stderr for topic in expected):
+        assert node.popen.poll() is None, node.describe()
+        assert time.monotonic() < deadline, f"outputs never appeared\n{recorder.describe()}\n{node.describe()}"
+        time.sleep(0.2)
+    # The node's publishers learn of the recorder's subscriptions a moment after it subscribes.
+    time.sleep(1.0)
+    played = ros_processes.run(module="efficientps_ros.cli", name="play", timeout=60, args=[
+        "bag", "play", str(drive.path), "--clock", "--wait-for-subscribers", "30"])
+    assert "played" in played.stderr and "playing anyway" not in played.stderr, played.stderr + node.describe()
+    frames = sum(len(s) for s in drive.stamps.values())
+    _wait_for_outputs(node, frames)
+    time.sleep(1.0)
+    stopped = recorder.stop(timeout=20)
+    assert stopped.returncode == 0, recorder.describe()
+    return out
+
+
+def _wait_for_outputs(node, frames: int) -> None:
+    """The last frame's outputs are out once the node has been idle a moment; give it a few seconds."""
+    time.sleep(min(2.0 + 0.3 * frames, 6.0))
+    assert node.popen.poll() is None, node.describe()
+
+
+def _check_one_output_per_frame(recorded: dict, drive: RecordedDrive) -> None:
+    for k, camera in enumerate(drive.cameras):
+        for name, (msgtype, encoding) in OUTPUT_TYPES.items():
+            messages = [m for _, m, _ in recorded.get(output_topic(camera, name), [])]
+            stamps = [_ns(m.header.stamp) for m in messages]
+            assert stamps == drive.stamps[camera], f"{camera} {name}: got {stamps}, sent {drive.stamps[camera]}"
+            assert {m.header.frame_id for m in messages} == {f"frame_{k}"}
+            if encoding:
+                assert {(m.encoding, m.height, m.width) for m in messages} == {(encoding, HEIGHT, WIDTH)}
+        assert len(recorded[output_topic(camera, "label_info")]) == 1
+
+
+DRIVES = {
+    "mcap-rgb8-two-cameras": lambda path: write_ros2_drive(path / "in", "mcap", compressed=False),
+    "sqlite3-jpeg-two-cameras": lambda path: write_ros2_drive(path / "in", "sqlite3", compressed=True),
+    "ros1-rgb8": lambda path: write_ros1_drive(path / "in.bag"),
+}
+
+
+@pytest.mark.parametrize("kind", DRIVES)
+def test_a_replayed_drive_gets_one_output_per_frame_and_bag_run_gives_the_same(kind, ros_processes, tmp_path):
+    drive = DRIVES[kind](tmp_path)
+    recorded = read_bag(_replay(ros_processes, drive, tmp_path))
+    _check_one_output_per_frame(recorded, drive)
+    clock = [_ns(m.clock) for _, m, _ in recorded["/clock"]]
+    first, last = min(min(s) for s in drive.stamps.values()), max(max(s) for s in drive.stamps.values())
+    # /clock runs on bag time, from the first frame's to the last one's.
+    assert len(clock) > len(drive.stamps) and min(clock) >= first and max(clock) == last
+
+    report = run_bag(drive.path, tmp_path / "offline", parameters={"device": "cpu"})
+    assert (report.frames, report.skipped, report.failure) == (sum(map(len, drive.stamps.values())), 0, "")
+    offline = read_bag(tmp_path / "offline")
+    for camera in drive.cameras:
+        for name in OUTPUT_TYPES:
+            topic = output_topic(camera, name)
+            live = {_ns(m.header.stamp): raw for _, m, raw in recorded[topic]}
+            run = {_ns(m.header.stamp): raw for _, m, raw in offline[topic]}
+            assert run == live, f"{topic}: bag run differs from the live node"
+        # Written at each input's bag time, so a replay of the outputs keeps the drive's timing.
+        assert [t for t, _, _ in offline[output_topic(camera, "semantic")]] == drive.stamps[camera]
+
+
+# --- bad bags ---------------------------------------------------------------
+
+def _run_cli(capsys, *args) -> tuple[int, str]:
+    code = main(["bag", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("efficientps bag:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_bag_without_image_topics_is_refused_naming_the_bag_and_its_topics(tmp_path, capsys):
+    bag = tmp_path / "chatter"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=ROS2)
+        writer.write(connection, FIRST_NS, ROS2.serialize_cdr(ROS2.types["std_msgs/msg/String"](data="hi"),
+                                                              "std_msgs/msg/String"))
+    code, err = _run_cli(capsys, "run", bag, tmp_path / "out", "--device", "cpu")
+    line = _one_line_error(err)
+    assert code == 2 and str(bag) in line and "no image topic" in line and "/chatter [std_msgs/msg/String]" in line
+    assert not (tmp_path / "out").exists()
+
+
+def _bag_with_unknown_type(path: Path) -> Path:
+    store = get_typestore(Stores.ROS2_KILTED)
+    store.register(get_types_from_msg("uint8[] payload", "acme_msgs/msg/Blob"))
+    drive = write_ros2_drive(path, "mcap", compressed=False, cameras=("/cam_a/image_raw",), frames=1)
+    extra = path.parent / "with_blob"
+    with AnyReader([drive.path]) as reader, Writer(extra, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        image = writer.add_connection("/cam_a/image_raw", "sensor_msgs/msg/Image", typestore=ROS2)
+        for _, timestamp, raw in reader.messages():
+            writer.write(image, timestamp, raw)
+        blob = writer.add_connection("/blob", "acme_msgs/msg/Blob", typestore=store)
+        message = store.types["acme_msgs/msg/Blob"](payload=np.arange(4, dtype=np.uint8))
+        writer.write(blob, FIRST_NS, store.serialize_cdr(message, "acme_msgs/msg/Blob"))
+    return extra
+
+
+def test_an_unknown_type_is_named_once_and_left_out_of_play_and_refused_by_run(tmp_path, capsys):
+    bag = _bag_with_unknown_type(tmp_path / "in")
+    lines = []
+    with BagSource(bag) as source:
+        topics = playable_topics(source, (), lines.append)
+    assert list(topics) == ["/cam_a/image_raw"]
+    assert lines == [f"bag {bag}, topic /blob: type acme_msgs/msg/Blob is not installed here; not played"]
+
+    code, err = _run_cli(capsys, "run", bag, tmp_path / "out", "--topics", "/blob")
+    line = _one_line_error(err)
+    assert code == 2 and f"bag {bag}, topic /blob: type acme_msgs/msg/Blob is not an image type" in line
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_a_truncated_bag_is_refused_naming_the_bag_and_its_file(storage, tmp_path, capsys):
+    drive = write_ros2_drive(tmp_path / "in", storage, compressed=False, frames=2)
+    data_file = next(f for f in drive.path.iterdir() if f.name != "metadata.yaml")
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
+    code, err = _run_cli(capsys, "run", drive.path, tmp_path / "out")
+    line = _one_line_error(err)
+    size = data_file.stat().st_size
+    assert code == 2 and f"bag {drive.path}: cannot be opened ({data_file.name}: {size} bytes)" in line
+    assert "truncated or damaged" in line
+    code, err = _run_cli(capsys, "play", drive.path)
+    assert code == 2 and "cannot be opened" in _one_line_error(err)
+
+
+def test_a_folder_without_its_metadata_is_refused_naming_the_file_that_still_opens(tmp_path, capsys):
+    drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False, frames=2)
+    (drive.path / "metadata.yaml").unlink()
+    data_file = next(drive.path.glob("*.mcap"))
+    code, err = _run_cli(capsys, "run", drive.path, tmp_path / "out")
+    assert code == 2 and _one_line_error(err) == (
+        f"efficientps bag: bag {drive.path}: a rosbag2 folder, but its metadata.yaml is missing; "
+        f"an .mcap file opens on its own: bag {data_file}")
+    with BagSource(data_file) as source:
+        assert set(source.topics) == {"/cam_a/image_raw", "/cam_b/image_raw"}
+    code, err = _run_cli(capsys, "play", tmp_path)
+    assert code == 2 and _one_line_error(err) == (
+        f"efficientps bag: bag {tmp_path}: a folder with no metadata.yaml and no .mcap or .db3 file, so no rosbag2 bag")
+
+
+def test_a_corrupt_message_is_named_and_skipped_and_the_others_get_their_outputs(tmp_path, capsys):
+    drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False, cameras=("/cam_a/image_raw",), frames=3)
+    broken = tmp_path / "broken"
+    with AnyReader([drive.path]) as reader, Writer(broken, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/cam_a/image_raw", "sensor_msgs/msg/Image", typestore=ROS2)
+        for index, (_, timestamp, raw) in enumerate(reader.messages()):
+            # The second frame loses the end of its pixel data.
+            writer.write(connection, timestamp, raw[: len(raw) // 2] if index == 1 else raw)
+    code, err = _run_cli(capsys, "run", broken, tmp_path / "out", "--device", "cpu")
+    seconds = (frame_time(1) - frame_time(0)) / 1e9
+    # The progress bar shares stderr, on lines of its own ending in carriage returns.
+    corrupt = [line for line in re.split(r"[\r\n]", err) if "corrupt message" in line]
+    assert code == 1 and len(corrupt) == 1, err
+    assert corrupt[0].startswith(f"bag {broken}, topic /cam_a/image_raw, message 1 at {seconds:.3f} s: corrupt message")
+    outputs = read_bag(tmp_path / "out")
+    stamps = [_ns(m.header.stamp) for _, m, _ in outputs["/cam_a/efficientps/semantic"]]
+    assert stamps == [drive.stamps["/cam_a/image_raw"][i] for i in (0, 2)]
+
+
+def test_an_image_the_node_would_refuse_is_named_with_its_bag_position_and_skipped(tmp_path):
+    bag = tmp_path / "odd"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/cam_a/image_raw", "sensor_msgs/msg/Image", typestore=ROS2)
+        for index in range(2):
+            message = _raw_image(ROS2, frame_time(index), "frame_0", picture(index, 0))
+            if index == 0:
+                message.encoding = "yuv9000"
+            writer.write(connection, frame_time(index), ROS2.serialize_cdr(message, "sensor_msgs/msg/Image"))
+    lines = []
+    report = run_bag(bag, tmp_path / "out", parameters={"device": "cpu"}, report=lines.append)
+    assert (report.frames, report.skipped) == (2, 1)
+    assert len(lines) == 1 and lines[0].startswith(
+        f"bag {bag}, topic /cam_a/image_raw, message 0 at 0.000 s: camera /cam_a/image_raw: frame skipped, bad input:")
+    assert "yuv9000" in lines[0]
+    assert [_ns(m.header.stamp) for _, m, _ in read_bag(tmp_path / "out")["/cam_a/efficientps/overlay"]] == [
+        frame_time(1)]
+    # Stored as the node offers them, so that players publish label_info latched again.
+    with BagSource(tmp_path / "out") as outputs:
+        assert outputs.latched("/cam_a/efficientps/label_info")
+        assert not outputs.latched("/cam_a/efficientps/overlay")
+
+
+def test_a_latched_ros1_topic_is_played_latched(tmp_path):
+    path = tmp_path / "latched.bag"
+    with Ros1Writer(path) as writer:
+        latched = writer.add_connection("/map_name", "std_msgs/msg/String", typestore=ROS1, latching=1)
+        plain = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=ROS1)
+        for connection in (latched, plain):
+            message = ROS1.types["std_msgs/msg/String"](data="x")
+            writer.write(connection, FIRST_NS, ROS1.serialize_ros1(message, "std_msgs/msg/String"))
+    with BagSource(path) as source:
+        assert source.latched("/map_name") and not source.latched("/chatter")
+
+
+def test_a_bag_that_breaks_off_mid_way_leaves_a_closed_readable_output_with_what_came_before(tmp_path, monkeypatch):
+    drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False, cameras=("/cam_a/image_raw",), frames=3)
+    original = AnyReader.messages
+
+    def breaking(self, *args, **kwargs):
+        for count, item in enumerate(original(self, *args, **kwargs)):
+            if count == 2:
+                raise OSError("unexpected end of file")
+            yield item
+
+    monkeypatch.setattr(AnyReader, "messages", breaking)
+    lines = []
+    report = run_bag(drive.path, tmp_path / "out", parameters={"device": "cpu"}, report=lines.append)
+    seconds = (frame_time(1) - frame_time(0)) / 1e9
+    assert report.failure == lines[-1] == (
+        f"after bag {drive.path}, topic /cam_a/image_raw, message 1 at {seconds:.3f} s: "
+        "the bag is truncated or damaged (OSError: unexpected end of file)")
+    monkeypatch.undo()
+    outputs = read_bag(tmp_path / "out")
+    assert [_ns(m.header.stamp) for _, m, _ in outputs["/cam_a/efficientps/overlay"]] == \
+        drive.stamps["/cam_a/image_raw"][:2]
+
+
+# --- pieces -----------------------------------------------------------------
+
+def test_the_play_window_and_timing_follow_start_duration_and_rate():
+    assert time_window(10**12, 1.5, None) == (10**12 + 1_500_000_000, None)
+    assert time_window(10**12, 0.0, 2.0) == (10**12, 10**12 + 2_000_000_000)
+    assert due_after(10**12 + 3_000_000_000, 10**12, 2.0) == pytest.approx(1.5)
+    assert due_after(10**12 + 3_000_000_000, 10**12, 0.5) == pytest.approx(6.0)
+
+
+def test_start_and_duration_select_the_messages_played(tmp_path):
+    drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False, cameras=("/cam_a/image_raw",), frames=3)
+    with BagSource(drive.path) as source:
+        # From just after the first frame, for as long as reaches the second but not the third.
+        begin, stop = time_window(source.start_time, 0.1, (frame_time(2) - frame_time(0)) / 1e9 - 0.2)
+        played = [m.timestamp for m in source.messages(start=begin, stop=stop)]
+    assert played == [frame_time(1)]
+
+
+def test_all_outputs_means_the_node_output_topics_only():
+    assert is_output_topic("/cam/efficientps/semantic", "efficientps")
+    assert is_output_topic("/car1/front/efficientps/label_info", "efficientps")
+    assert is_output_topic("/efficientps/detections", "efficientps")
+    assert not is_output_topic("/cam/image_raw", "efficientps")
+    assert not is_output_topic("/cam/other/semantic", "efficientps")
+    assert not is_output_topic("/cam/efficientps/semantic", "perception")
+
+
+def test_output_types_are_written_with_the_upstream_type_hashes():
+    _, digest = definition("vision_msgs/msg/Detection2DArray")
+    assert digest == "RIHS01_214274120007f4a683866481336b70310268cfa107aebe9d594a6acf75bda968"
+    assert definition("sensor_msgs/msg/Image")[1] == ROS2.hash_rihs01("sensor_msgs/msg/Image")
+    with pytest.raises(KeyError, match="acme_msgs/msg/Blob"):
+        definition("acme_msgs/msg/Blob")
+
+
+def test_synth_writes_consecutive_stamped_frames_of_one_drive_per_camera(tmp_path, capsys):
+    bag = tmp_path / "drive"
+    code, _ = _run_cli(capsys, "synth", bag, "--seconds", "0.6", "--rate", "5", "--size", "64x96", "--cameras", "2",
+                       "--storage", "sqlite3")
+    assert code == 0
+    recorded = read_bag(bag)
+    assert set(recorded) == {"/cam0/image_raw", "/cam1/image_raw", "/cam0/camera_info", "/cam1/camera_info"}
+    for camera in ("cam0", "cam1"):
+        images = [m for _, m, _ in recorded[f"/{camera}/image_raw"]]
+        stamps = [_ns(m.header.stamp) for m in images]
+        assert len(images) == 3 and np.diff(stamps).tolist() == [200_000_000] * 2
+        assert [t for t, _, _ in recorded[f"/{camera}/image_raw"]] == stamps
+        assert {(m.header.frame_id, m.encoding, m.height, m.width) for m in images} == {(camera, "rgb8", 64, 96)}
+        infos = [m for _, m, _ in recorded[f"/{camera}/camera_info"]]
+        assert [_ns(m.header.stamp) for m in infos] == stamps and infos[0].k[0] == pytest.approx(48.0)
+        frames = [np.asarray(m.data, np.int16).reshape(64, 96, 3) for m in images]
+        # Consecutive frames of a moving camera: changed, yet far closer to each other than to the other camera's.
+        step = np.abs(frames[1] - frames[0]).mean()
+        assert step > 0
+    other = np.asarray(recorded["/cam1/image_raw"][0][1].data, np.int16).reshape(64, 96, 3)
+    assert np.abs(other - np.asarray(recorded["/cam0/image_raw"][0][1].data, np.int16).reshape(64, 96, 3)).mean() > step
+
+
+def test_synth_compressed_writes_jpeg_on_the_compressed_topic(tmp_path, capsys):
+    bag = tmp_path / "drive"
+    assert _run_cli(capsys, "synth", bag, "--seconds", "0.2", "--rate", "5", "--size", "64x96", "--compressed")[0] == 0
+    (_, message, _), = read_bag(bag)["/camera/image_raw/compressed"]
+    assert message.format.endswith("jpeg compressed bgr8") and message.header.frame_id == "camera"
+    assert PILImage.open(io.BytesIO(bytes(message.data))).size == (96, 64)
+
+
+def test_record_for_a_duration_closes_a_readable_bag(ros_processes, tmp_path):
+    out = tmp_path / "quiet"
+    result = ros_processes.run(module="efficientps_ros.cli", args=["bag", "record", str(out), "--topics", "/nothing",
+                                                                    "--storage", "sqlite3", "--duration", "1"])
+    assert f"wrote 0 messages on 0 topics to {out}" in result.stderr
+    with AnyReader([out]) as reader:
+        assert reader.message_count == 0
+
+
+def test_record_without_topics_is_refused(ros_processes, tmp_path):
+    result = ros_processes.run(module="efficientps_ros.cli", args=["bag", "record", str(tmp_path / "x")], check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "efficientps bag: give --topics or --all-outputs"
+    assert not (tmp_path / "x").exists()
+
+
+def _recorder(ros_processes, out: Path, *topics: str):
+    recorder = ros_processes.start(module="efficientps_ros.cli", name="record",
+                                   args=["bag", "record", str(out), "--topics", *topics])
+    return recorder
+
+
+def test_play_sends_the_chosen_topics_from_the_start_offset_on(ros_processes, tmp_path):
+    drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False)
+    recorder = _recorder(ros_processes, tmp_path / "got", "/cam_a/image_raw", "/cam_b/image_raw")
+    played = ros_processes.run(module="efficientps_ros.cli", name="play", timeout=90, args=[
+        "bag", "play", str(drive.path), "--topics", "/cam_a/image_raw", "--start", "1.0", "--rate", "2",
+        "--wait-for-subscribers", "30"])
+    assert "played 2 messages on 1 topics" in played.stderr, played.stderr
+    time.sleep(1.0)
+    assert recorder.stop().returncode == 0, recorder.describe()
+    got = read_bag(tmp_path / "got")
+    assert list(got) == ["/cam_a/image_raw"]
+    assert [_ns(m.header.stamp) for _, m, _ in got["/cam_a/image_raw"]] == drive.stamps["/cam_a/image_raw"][1:]
+
+
+def test_play_loops_until_interrupted_and_then_exits_cleanly(ros_processes, tmp_path):
+    drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False, cameras=("/cam_a/image_raw",))
+    recorder = _recorder(ros_processes, tmp_path / "got", "/cam_a/image_raw")
+    # Only the first frame lies within the duration, so each pass sends it once.
+    player = ros_processes.start(module="efficientps_ros.cli", name="play", args=[
+        "bag", "play", str(drive.path), "--loop", "--duration", "0.5", "--wait-for-subscribers", "30"])
+    deadline = time.monotonic() + 60
+    while "recording /cam_a/image_raw" not in recorder.stderr and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3.0)
+    stopped = player.stop()
+    assert stopped.returncode == 0 and "Traceback" not in stopped.stderr, player.describe()
+    assert recorder.stop().returncode == 0, recorder.describe()
+    stamps = [_ns(m.header.stamp) for _, m, _ in read_bag(tmp_path / "got")["/cam_a/image_raw"]]
+    # Each pass lasts its half second of bag time: a few passes in 3 s, not thousands.
+    assert 2 <= len(stamps) <= 10 and set(stamps) == {frame_time(0)}
+
+
+def _tf_message(ns: int, parent: str, child: str, x: float):
+    types = ROS2.types
+    transform = types["geometry_msgs/msg/Transform"](
+        translation=types["geometry_msgs/msg/Vector3"](x=x, y=0.0, z=1.5),
+        rotation=types["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))
+    stamped = types["geometry_msgs/msg/TransformStamped"](
+        header=types["std_msgs/msg/Header"](stamp=_stamp(ROS2, ns), frame_id=parent), child_frame_id=child,
+        transform=transform)
+    return types["tf2_msgs/msg/TFMessage"](transforms=[stamped])
+
+
+def test_the_transforms_of_a_drive_are_played(ros_processes, tmp_path):
+    # tf2_msgs has no Kilted pip wheel: the venv gets it from interfaces/, wire-compatible with upstream.
+    assert definition("tf2_msgs/msg/TFMessage")[1] == ROS2.hash_rihs01("tf2_msgs/msg/TFMessage")
+    bag, msgtype = tmp_path / "in", "tf2_msgs/msg/TFMessage"
+    sent = [(frame_time(k), "odom", "base_link", 0.5 * k) for k in range(3)]
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/tf", msgtype, typestore=ROS2)
+        for ns, parent, child, x in sent:
+            writer.write(connection, ns, ROS2.serialize_cdr(_tf_message(ns, parent, child, x), msgtype))
+    recorder = _recorder(ros_processes, tmp_path / "got", "/tf")
+    played = ros_processes.run(module="efficientps_ros.cli", name="play", timeout=90, args=[
+        "bag", "play", str(bag), "--rate", "4", "--wait-for-subscribers", "30"])
+    assert "played 3 messages on 1 topics" in played.stderr, played.stderr
+    time.sleep(1.0)
+    assert recorder.stop().returncode == 0, recorder.describe()
+    got = [m.transforms[0] for _, m, _ in read_bag(tmp_path / "got")["/tf"]]
+    assert [(_ns(t.header.stamp), t.header.frame_id, t.child_frame_id, t.transform.translation.x) for t in got] == sent

@@ -1,0 +1,33 @@
+"""The node's model loading, without a node: the settings reach the predictor."""
+from efficientps_ros.predictor import Predictor
+from efficientps_ros.ros.node import load_model
+from efficientps_ros.ros.params import NodeSettings
+
+
+def _recording_warm_up(monkeypatch):
+    calls = []
+    original = Predictor.warm_up
+
+    def warm_up(self, sizes, batch=1):
+        calls.append((list(sizes), batch))
+        return original(self, sizes, batch)
+
+    monkeypatch.setattr(Predictor, "warm_up", warm_up)
+    return calls
+
+
+def test_a_fixed_inference_size_is_warmed_up_for_every_camera_at_once(monkeypatch):
+    calls = _recording_warm_up(monkeypatch)
+    settings = NodeSettings.from_values({
+        "device": "cpu", "inference_height": 64, "inference_width": 128,
+        "image_topics": ["front/image_raw", "rear/image_raw"],
+    })
+    predictor = load_model(settings)
+    assert calls == [([(64, 128)], 2)]
+    assert predictor.input_size == (64, 128)
+
+
+def test_native_sizes_are_not_known_before_the_first_frame_so_nothing_is_warmed_up(monkeypatch):
+    calls = _recording_warm_up(monkeypatch)
+    load_model(NodeSettings.from_values({"device": "cpu"}))
+    assert calls == []

@@ -1,0 +1,39 @@
+"""Each step's batch: a pure function of step and rank, from synthetic scenes or a dataset."""
+import numpy as np
+import torch
+
+from efficientps_ros.data.synthetic import street_scene
+from efficientps_ros.data.targets import normalize
+from efficientps_ros.model import load_config
+from efficientps_ros.training.batches import StepBatches, step_loader, train_seeds
+from efficientps_ros.training.recipe import Recipe
+from efficientps_ros.training.sampler import ShardedSampler
+
+CONFIG = load_config("small")
+
+
+def test_a_steps_batch_is_the_same_made_twice_and_in_a_worker():
+    recipe = Recipe(steps=3, batch_size=2, image_size=(64, 128), scales=(0.5, 1.0), photometric=True)
+    batches = StepBatches(CONFIG, recipe, ShardedSampler(None, 2, recipe.seed))
+    again = StepBatches(CONFIG, recipe, ShardedSampler(None, 2, recipe.seed))
+    assert torch.equal(batches[2].images, again[2].images)
+    from_worker = list(step_loader(batches, start=1, workers=1))
+    assert len(from_worker) == 2 and torch.equal(from_worker[1].images, batches[2].images)
+    assert not torch.equal(batches[1].images[:, :, :32, :64], batches[2].images[:, :, :32, :64])
+
+
+def test_ranks_draw_different_synthetic_scenes():
+    assert set(train_seeds(0, 5, 2, rank=0, world_size=2)).isdisjoint(train_seeds(0, 5, 2, rank=1, world_size=2))
+    assert train_seeds(0, 5, 2) == train_seeds(0, 5, 2, rank=0, world_size=1)
+
+
+def test_dataset_batches_are_the_sampled_scenes():
+    scenes = [street_scene(64, 128, seed=s) for s in range(4)]
+    # No rescaling, no flip, a crop of the whole image: the batch is the scenes themselves.
+    recipe = Recipe(steps=2, batch_size=2, crop_size=(64, 128), scale_range=(1.0, 1.0), flip_probability=0.0)
+    sampler = ShardedSampler(len(scenes), 2, recipe.seed)
+    batch = StepBatches(CONFIG, recipe, sampler, scenes)[1]
+    for image, index in zip(batch.images, sampler.indices(1)):
+        torch.testing.assert_close(image, normalize(scenes[index].image, CONFIG))
+    labels = np.stack([scenes[i].semantic for i in sampler.indices(1)])
+    assert torch.equal(torch.stack([t["semantic"] for t in batch.targets]), torch.from_numpy(labels.astype(np.int64)))

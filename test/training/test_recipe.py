@@ -1,0 +1,63 @@
+"""Recipes: the authors' one as their config states it, strict YAML, and the learning-rate schedules."""
+from pathlib import Path
+
+import pytest
+
+from efficientps_ros.training.recipe import Recipe, load_recipe, lr_factor, recipe_lr_factor
+
+CONFIG = Path(__file__).resolve().parents[2] / "config"
+
+
+def test_the_authors_recipe_holds_their_config_values():
+    recipe = load_recipe(CONFIG / "train_b5_cityscapes.yaml")
+    assert recipe.preset == "b5_cityscapes" and recipe.batch_size == 1
+    assert (recipe.lr, recipe.momentum, recipe.weight_decay, recipe.clip) == (0.07, 0.9, 1e-4, 35.0)
+    assert (recipe.schedule, recipe.warmup, recipe.warmup_ratio) == ("step", 500, pytest.approx(1 / 3))
+    # 160 epochs of 186 steps, drops after epochs 120 and 144.
+    assert (recipe.steps, recipe.milestones, recipe.gamma) == (160 * 186, (120 * 186, 144 * 186), 0.1)
+    assert recipe.crop_size == (1024, 2048) and recipe.scale_range == (0.5, 2.0) and recipe.flip_probability == 0.5
+    assert set(recipe.loss_weights.values()) == {1.0} and len(recipe.loss_weights) == 6
+
+
+def test_the_step_schedule_warms_up_from_a_third_then_drops_tenfold_at_each_milestone():
+    recipe = load_recipe(CONFIG / "train_b5_cityscapes.yaml")
+    assert recipe_lr_factor(recipe, 0) == pytest.approx(1 / 3)
+    assert recipe_lr_factor(recipe, 250) == pytest.approx(2 / 3)
+    assert recipe_lr_factor(recipe, 500) == 1.0 and recipe_lr_factor(recipe, 22319) == 1.0
+    assert recipe_lr_factor(recipe, 22320) == pytest.approx(0.1)
+    assert recipe_lr_factor(recipe, 26784) == pytest.approx(0.01)
+    assert lr_factor(10, 100, 5, "step", milestones=(10, 20), gamma=0.5) == 0.5
+
+
+def test_the_cpu_recipe_loads():
+    recipe = load_recipe(CONFIG / "train_small_cpu.yaml")
+    assert recipe.preset == "small" and recipe.schedule == "cosine" and recipe.photometric
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lr: 0.1\nlerning_rate: 3\n", "unknown keys \\['lerning_rate'\\]"),
+        ("steps: many\n", "steps: expected a number, got 'many'"),
+        ("steps: 2.5\n", "steps: expected an integer"),
+        ("schedule: poly\n", "schedule: expected one of"),
+        ("crop_size: [16, 2048]\n", "crop_size: expected \\[height, width\\]"),
+        ("loss_weights: {loss_depth: 1.0}\n", "loss_weights: unknown terms \\['loss_depth'\\]"),
+        ("milestones: [300, 100]\n", "milestones: expected increasing steps"),
+        ("- a list\n", "expected a mapping at the top level"),
+    ],
+)
+def test_a_bad_recipe_is_refused_naming_the_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as raised:
+        load_recipe(path)
+    assert str(path) in str(raised.value)
+
+
+def test_overrides_replace_single_fields_and_none_keeps_the_recipe():
+    recipe = Recipe(lr=0.5, steps=10)
+    changed = recipe.replace(lr=0.1, steps=None, image_size=[64, 128])
+    assert (changed.lr, changed.steps, changed.image_size) == (0.1, 10, (64, 128))
+    with pytest.raises(ValueError, match="unknown settings \\['speed'\\]"):
+        recipe.replace(speed=3)
