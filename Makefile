@@ -38,10 +38,13 @@ export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA?tcp_negotiation_timeout=50
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 
 # Run a command in a private network namespace with only loopback, so that DDS
-# discovery and data never leave this machine. Where user namespaces are not
-# available, ROS discovery is limited to localhost instead.
-ifeq ($(shell unshare -rn sh -c 'ip link set lo up' 2>/dev/null && echo yes),yes)
-SANDBOX := unshare -rn sh -c 'ip link set lo up && ip link set lo multicast on && exec "$$@"' sandbox
+# discovery and data never leave this machine, and with a /dev/shm of its own,
+# so that Fast DDS shared-memory ports left by processes killed elsewhere (or by
+# an earlier run) cannot hang or starve its participants. Where user namespaces
+# are not available, ROS discovery is limited to localhost instead.
+SANDBOX_SETUP := mount -t tmpfs -o mode=1777 efficientps-shm /dev/shm && ip link set lo up && ip link set lo multicast on
+ifeq ($(shell unshare -rnm sh -c '$(SANDBOX_SETUP)' 2>/dev/null && echo yes),yes)
+SANDBOX := unshare -rnm sh -c '$(SANDBOX_SETUP) && exec "$$@"' sandbox
 else
 SANDBOX := env ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 $(warning no private network namespace here (needs user namespaces and iproute2's ip): ROS discovery is limited to localhost instead)

@@ -6,6 +6,7 @@ loopback, so DDS traffic between the children never leaves the machine.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -175,22 +176,73 @@ class RosProcesses:
             pytest.fail(f"{child.name} failed\n{child.describe()}")
         return result
 
-    def kill_all(self) -> None:
+    def stop_all(self, timeout: float = 3.0) -> None:
+        """SIGINT every child still running, then kill what is left after `timeout` s.
+
+        A child that exits on SIGINT closes its Fast DDS shared-memory ports
+        itself; a killed one leaves them behind (see `remove_stale_shared_memory`).
+        """
+        running = [child for child in self._children if child.popen.poll() is None]
+        for child in running:
+            child._signal(signal.SIGINT)
+        end = time.monotonic() + timeout
+        for child in running:
+            try:
+                child.popen.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
         for child in self._children:
             child.kill()
 
 
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def _is_locked(path: Path) -> bool:
+    try:
+        with open(path, "ab") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    return False
+
+
+def remove_stale_shared_memory(directory: Path = SHARED_MEMORY) -> list[str]:
+    """Remove the Fast DDS shared-memory segments and ports of processes that are gone.
+
+    Fast DDS keeps an `_el` (or `_sl`) lock file beside each segment and port,
+    locked while its owner lives. A participant that reuses the port of a
+    killed one can hang at start or never receive data (Fast-DDS issues
+    5053, 5469), which made later tests of a long run fail at random. The
+    files of live owners are kept. Returns the names removed.
+    """
+    removed = []
+    for lock in sorted(directory.glob("fastdds_*_[es]l")):
+        if _is_locked(lock):
+            continue
+        stem = lock.name[:-3]
+        for name in (stem, lock.name, f"sem.{stem}_mutex"):
+            try:
+                (directory / name).unlink()
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 @pytest.fixture
 def ros_processes(ros_env: dict[str, str], tmp_path: Path) -> Iterator[RosProcesses]:
-    """Start Python child processes that use ROS; every one is killed when the test ends.
+    """Start Python child processes that use ROS; every one is stopped when the test ends.
 
     `ros_processes.start(code or module=..., args=..., env=...)` returns a
     running `ChildProcess` (`wait(timeout)`, `stop()`, `kill()`, `stdout`,
     `stderr`, `describe()`); `ros_processes.run(...)` starts one and waits
     for it (default 60 s), failing the test with the child's output on a
     timeout or, unless `check=False`, a non-zero exit. Output files lie in
-    the test's `tmp_path`.
+    the test's `tmp_path`. At the end the children get SIGINT, then SIGKILL,
+    and the shared memory the killed ones left is removed.
     """
     processes = RosProcesses(ros_env, tmp_path)
     yield processes
-    processes.kill_all()
+    processes.stop_all()
+    remove_stale_shared_memory()

@@ -1,9 +1,12 @@
-"""The transport setting is the one Fast DDS applies, and every place that sets it agrees."""
+"""The transport setting is the one Fast DDS applies, and every place that sets it agrees.
+
+Also the harness's clean-up of the shared memory that killed participants leave.
+"""
 import re
 
 from efficientps_ros.ros.middleware import FASTDDS_BUILTIN_TRANSPORTS
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, SHARED_MEMORY, remove_stale_shared_memory, wait_until
 
 # A participant's sockets, from the kernel's tables: LARGE_DATA listens on TCP, the default does not.
 SOCKETS = """
@@ -45,3 +48,33 @@ def test_without_the_setting_the_probe_sees_no_tcp_transport(ros_processes):
     result = ros_processes.run(SOCKETS, env={"FASTDDS_BUILTIN_TRANSPORTS": "DEFAULT"}, timeout=60)
     counts = dict(line.split() for line in result.stdout.splitlines())
     assert int(counts["tcp"]) == 0 and int(counts["udp"]) >= 1, result.stdout
+
+
+PARTICIPANT = """
+import rclpy, time
+rclpy.init()
+node = rclpy.create_node("shared_memory_owner")
+print("up", flush=True)
+time.sleep(120)
+"""
+
+
+def _fast_dds_files() -> set[str]:
+    return {path.name for path in SHARED_MEMORY.glob("*fastdds_*")}
+
+
+def test_the_shared_memory_of_a_killed_participant_is_removed_and_a_live_ones_kept(ros_processes):
+    before = _fast_dds_files()
+    owner = ros_processes.start(PARTICIPANT, name="owner")
+    assert wait_until(lambda: "up" in owner.stdout, 60), owner.describe()
+    owned = _fast_dds_files() - before
+    assert any(name.endswith("_el") for name in owned), owned
+
+    assert not owned & set(remove_stale_shared_memory())
+    assert owned <= _fast_dds_files()
+
+    owner.kill()
+    assert owned <= _fast_dds_files()  # SIGKILL leaves them behind
+    removed = remove_stale_shared_memory()
+    assert owned <= set(removed)
+    assert not owned & _fast_dds_files()
