@@ -24,6 +24,10 @@ from efficientps_ros.ros.middleware import FASTDDS_BUILTIN_TRANSPORTS
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The tests' own participants, created in this process, must match their children's.
 os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = FASTDDS_BUILTIN_TRANSPORTS
+# Children inherit an ignored SIGINT (pytest run as a script's background job),
+# and the tests stop them with SIGINT as Ctrl-C would: give them the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _only_loopback() -> bool:
@@ -62,6 +66,7 @@ def ros_env() -> dict[str, str]:
     - AMENT_PREFIX_PATH starts with this interpreter's prefix (the venv), which
       the pip wheels do not set and ament_index lookups need.
     - PYTHONUNBUFFERED=1, so a child's output is complete even when it is killed.
+    - PYTHONFAULTHANDLER=1, so a child that hangs and is aborted shows its threads' stacks.
     - Outside a network namespace that has only loopback, DDS discovery is
       limited to localhost (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST).
     """
@@ -70,6 +75,7 @@ def ros_env() -> dict[str, str]:
     env["PYTHONPATH"] = _prepend_path(str(REPO_ROOT), env.get("PYTHONPATH"))
     env["AMENT_PREFIX_PATH"] = _prepend_path(sys.prefix, env.get("AMENT_PREFIX_PATH"))
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"
     if not _only_loopback():
         env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     return env
@@ -106,7 +112,7 @@ class ChildProcess:
         try:
             returncode = self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
+            self.abort()
             pytest.fail(f"{self.name} did not finish within {timeout} s\n{self.describe()}")
         return subprocess.CompletedProcess(self.popen.args, returncode, self.stdout, self.stderr)
 
@@ -117,8 +123,17 @@ class ChildProcess:
             try:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.kill()
+                self.abort()
         return subprocess.CompletedProcess(self.popen.args, self.popen.returncode, self.stdout, self.stderr)
+
+    def abort(self) -> None:
+        """SIGABRT, so that the child prints where each of its threads is stuck, then kill it."""
+        self._signal(signal.SIGABRT)
+        try:
+            self.popen.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
 
     def kill(self) -> None:
         """Kill the child's process group now; harmless if it already exited."""

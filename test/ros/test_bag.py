@@ -479,12 +479,24 @@ def test_play_sends_the_chosen_topics_from_the_start_offset_on(ros_processes, tm
     assert [_ns(m.header.stamp) for _, m, _ in got["/cam_a/image_raw"]] == drive.stamps["/cam_a/image_raw"][1:]
 
 
-def test_play_loops_until_interrupted_and_then_exits_cleanly(ros_processes, tmp_path):
+# The command line as a shell script's background job starts it: with SIGINT ignored.
+SIGINT_IGNORED = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+os.execv(sys.executable, [sys.executable, "-m", "efficientps_ros.cli", *sys.argv[1:]])
+"""
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_play_loops_until_interrupted_and_then_exits_cleanly(ros_processes, tmp_path, sigint):
     drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False, cameras=("/cam_a/image_raw",))
     recorder = _recorder(ros_processes, tmp_path / "got", "/cam_a/image_raw")
     # Only the first frame lies within the duration, so each pass sends it once.
-    player = ros_processes.start(module="efficientps_ros.cli", name="play", args=[
-        "bag", "play", str(drive.path), "--loop", "--duration", "0.5", "--wait-for-subscribers", "30"])
+    args = ["bag", "play", str(drive.path), "--loop", "--duration", "0.5", "--wait-for-subscribers", "30"]
+    if sigint == "ignored":
+        player = ros_processes.start(SIGINT_IGNORED, name="play", args=args)
+    else:
+        player = ros_processes.start(module="efficientps_ros.cli", name="play", args=args)
     deadline = time.monotonic() + 60
     while "recording /cam_a/image_raw" not in recorder.stderr and time.monotonic() < deadline:
         time.sleep(0.2)

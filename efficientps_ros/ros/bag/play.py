@@ -6,7 +6,9 @@ follows the bag's time, so that nodes with use_sim_time run on bag time.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,7 @@ def play_bag(path: str | Path, options: PlayOptions = PlayOptions(),
         node = rclpy.create_node("efficientps_bag_play")
         sent = 0
         try:
+            _interruptible()
             publishers = {topic: node.create_publisher(cls, topic, LATCHED_QOS if source.latched(topic) else PLAY_QOS)
                           for topic, cls in topics.items()}
             clock = node.create_publisher(Clock, "/clock", CLOCK_QOS) if options.clock else None
@@ -113,6 +116,16 @@ def play_bag(path: str | Path, options: PlayOptions = PlayOptions(),
             rclpy.try_shutdown()
         report(f"played {sent} messages on {len(topics)} topics from {source.path}")
         return sent
+
+
+def _interruptible() -> None:
+    """Let SIGINT raise KeyboardInterrupt even where it came in ignored.
+
+    A shell starts background jobs of a script with SIGINT ignored, and
+    Python then leaves it so: `kill -INT` would not stop such a player.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _wait_for_subscribers(source: BagSource, publishers: dict, options: PlayOptions, report) -> None:
