@@ -119,12 +119,16 @@ class ChildProcess:
     def stop(self, timeout: float = 10.0) -> subprocess.CompletedProcess:
         """Ask the child to stop with SIGINT (as Ctrl-C would), kill it if it lingers."""
         if self.popen.poll() is None:
-            self._signal(signal.SIGINT)
+            self.interrupt()
             try:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.abort()
         return subprocess.CompletedProcess(self.popen.args, self.popen.returncode, self.stdout, self.stderr)
+
+    def interrupt(self) -> None:
+        """SIGINT to the child's process group, as Ctrl-C would send; returns at once."""
+        self._signal(signal.SIGINT)
 
     def abort(self) -> None:
         """SIGABRT, so that the child prints where each of its threads is stuck, then kill it."""
@@ -199,7 +203,7 @@ class RosProcesses:
         """
         running = [child for child in self._children if child.popen.poll() is None]
         for child in running:
-            child._signal(signal.SIGINT)
+            child.interrupt()
         end = time.monotonic() + timeout
         for child in running:
             try:
@@ -228,8 +232,8 @@ def remove_stale_shared_memory(directory: Path = SHARED_MEMORY) -> list[str]:
     Fast DDS keeps an `_el` (or `_sl`) lock file beside each segment and port,
     locked while its owner lives. A participant that reuses the port of a
     killed one can hang at start or never receive data (Fast-DDS issues
-    5053, 5469), which made later tests of a long run fail at random. The
-    files of live owners are kept. Returns the names removed.
+    5053 and 5469), so a long run must not pile them up. The files of live
+    owners are kept. Returns the names removed.
     """
     removed = []
     for lock in sorted(directory.glob("fastdds_*_[es]l")):
