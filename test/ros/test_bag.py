@@ -37,7 +37,7 @@ FIRST_NS = 1_000_000_000_000
 def frame_time(index: int) -> int:
     """Bag time of frame `index`: far enough apart that the node finishes each before the next,
     the first one's gap the longest, as the first forward pass is the slowest."""
-    return FIRST_NS + (0 if index == 0 else 1_200_000_000 + index * 800_000_000)
+    return FIRST_NS + (0 if index == 0 else 1_500_000_000 + index * 1_500_000_000)
 
 OUTPUT_TYPES = {
     "semantic": ("sensor_msgs/msg/Image", "mono8"),
