@@ -8,6 +8,8 @@ in uint8/uint16 arithmetic.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -19,8 +21,11 @@ from .result import PanopticResult
 INSTANCE_BASE = 256
 # How far an instance's shade may move from its class colour, per channel.
 _SHADE_SPREAD = 40
-# Rows per band of the overlay: a band's scratch arrays fit in the CPU cache at 2048 columns.
-_BAND_ROWS = 64
+# Rows per band of the overlay: at 2048 columns a band's scratch arrays (2.5 MB)
+# stay in the CPU cache, and a band is work enough to be worth a thread.
+_BAND_ROWS = 128
+# Painting threads at most: the overlay shares the machine with the model's own threads.
+_MAX_THREADS = 4
 
 
 def class_palette(classes: Sequence[ClassInfo]) -> np.ndarray:
@@ -69,22 +74,28 @@ def _palette_words(palette: np.ndarray) -> np.ndarray:
 
 
 def _gather_into(words: np.ndarray, index: np.ndarray, buffer: np.ndarray, offset: int) -> None:
-    """Write words[index] as 3-byte RGB into `buffer` from byte `offset` on.
+    """Write words[index] as 3-byte RGB into `buffer` from byte `offset` on, and nowhere else.
 
     Gathering 4-byte items is several times cheaper than 3-byte ones, so each
-    colour goes through a uint32 view whose items are 3 bytes apart: the
-    padding byte of one pixel is overwritten by the next pixel. The byte after
-    the last pixel is overwritten too, so `buffer` needs one spare byte there.
+    colour but the last goes through a uint32 view whose items are 3 bytes
+    apart: the padding byte of one pixel is overwritten by the next pixel. The
+    last pixel is written as 3 bytes, so that bands of one image can be filled
+    at the same time.
     """
-    target = np.ndarray((index.size,), dtype=np.uint32, buffer=buffer, offset=offset, strides=(3,))
-    np.take(words, index.ravel(), out=target)
+    flat = index.ravel()
+    if flat.size == 0:
+        return
+    target = np.ndarray((flat.size - 1,), dtype=np.uint32, buffer=buffer, offset=offset, strides=(3,))
+    np.take(words, flat[:-1], out=target)
+    end = offset + 3 * flat.size
+    buffer[end - 3 : end] = words[flat[-1] : flat[-1] + 1].view(np.uint8)[:3]
 
 
 def gather_rgb(palette: np.ndarray, index: np.ndarray) -> np.ndarray:
     """palette[index] as a contiguous HxWx3 uint8 array, several times faster than numpy's."""
-    buffer = np.empty(3 * index.size + 1, np.uint8)
+    buffer = np.empty(3 * index.size, np.uint8)
     _gather_into(_palette_words(palette), index, buffer, 0)
-    return buffer[: 3 * index.size].reshape(*index.shape, 3)
+    return buffer.reshape(*index.shape, 3)
 
 
 def colorize_panoptic(result: PanopticResult, config: EfficientPSConfig | np.ndarray) -> np.ndarray:
@@ -125,11 +136,14 @@ class PanopticPainter:
 
     `overlay` gives exactly `overlay(image, colorize_panoptic(result, palette), alpha)`, but scales
     the small palette instead of the full-size colour image, and works through
-    the image in bands of rows so that its scratch arrays stay in the CPU cache.
+    the image in bands of rows, so that each band's scratch arrays stay in the
+    CPU cache and `threads` bands are painted at once (numpy releases the GIL).
     """
 
-    def __init__(self, classes: Sequence[ClassInfo]):
+    def __init__(self, classes: Sequence[ClassInfo], threads: int | None = None):
         self.palette = class_palette(classes)
+        threads = min(_MAX_THREADS, os.cpu_count() or 1) if threads is None else threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="efficientps-paint") if threads > 1 else None
 
     def overlay(self, image: np.ndarray, result: PanopticResult, alpha: float) -> np.ndarray:
         height, width = result.semantic.shape
@@ -137,16 +151,22 @@ class PanopticPainter:
             raise ValueError(f"overlay: image {image.shape} and result {result.semantic.shape} differ in size")
         weight = alpha_weight(alpha)
         words = _palette_words(scale(panoptic_palette(result, self.palette), weight))
-        buffer = np.empty(3 * height * width + 1, np.uint8)
-        scaled = np.empty((min(_BAND_ROWS, height), width, 3), np.uint16)
-        for top in range(0, height, _BAND_ROWS):
-            bottom = min(top + _BAND_ROWS, height)
-            index = _index(result.semantic[top:bottom], result.instance[top:bottom])
-            _gather_into(words, index, buffer, 3 * top * width)
-            band = buffer[3 * top * width : 3 * bottom * width].reshape(bottom - top, width, 3)
-            image_term = scaled[: bottom - top]
-            np.multiply(image[top:bottom], INSTANCE_BASE - weight, out=image_term, dtype=np.uint16)
+        buffer = np.empty(3 * height * width, np.uint8)
+
+        def paint(top: int) -> None:
+            rows = slice(top, min(top + _BAND_ROWS, height))
+            _gather_into(words, _index(result.semantic[rows], result.instance[rows]), buffer, 3 * top * width)
+            band = buffer[3 * top * width : 3 * rows.stop * width].reshape(rows.stop - top, width, 3)
+            image_term = np.multiply(image[rows], INSTANCE_BASE - weight, dtype=np.uint16)
             np.right_shift(image_term, 8, out=image_term)
             # The two floored terms never sum past 255, so the cast back to uint8 is exact.
             np.add(band, image_term, out=band, casting="unsafe")
-        return buffer[: 3 * height * width].reshape(height, width, 3)
+
+        bands = range(0, height, _BAND_ROWS)
+        if self._pool is None or len(bands) == 1:
+            for top in bands:
+                paint(top)
+        else:
+            for done in [self._pool.submit(paint, top) for top in bands]:
+                done.result()
+        return buffer.reshape(height, width, 3)

@@ -114,6 +114,18 @@ def test_painter_overlay_equals_overlay_of_the_colouring(alpha):
     assert np.array_equal(painter.overlay(image, result, alpha), expected)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_painter_overlay_in_bands_on_threads_equals_the_whole_image_overlay(threads):
+    # 300 rows: bands of 128 rows, the last one short, with instances across both band edges.
+    result = two_cars(300, 50)
+    result.instance[120:140, 2:30] = 1
+    result.instance[250:300, 35:49] = 2
+    result.semantic[result.instance > 0] = CAR.train_id
+    image = np.random.default_rng(2).integers(0, 256, (300, 50, 3), dtype=np.uint8)
+    expected = overlay(image, colorize_panoptic(result, CONFIG), 0.35)
+    assert np.array_equal(PanopticPainter(CONFIG.classes, threads=threads).overlay(image, result, 0.35), expected)
+
+
 def test_painter_refuses_an_image_of_another_size():
     painter = PanopticPainter(CONFIG.classes)
     with pytest.raises(ValueError, match="differ in size"):
