@@ -87,8 +87,8 @@ def _gather_into(words: np.ndarray, index: np.ndarray, buffer: np.ndarray, offse
         return
     target = np.ndarray((flat.size - 1,), dtype=np.uint32, buffer=buffer, offset=offset, strides=(3,))
     np.take(words, flat[:-1], out=target)
-    end = offset + 3 * flat.size
-    buffer[end - 3 : end] = words[flat[-1] : flat[-1] + 1].view(np.uint8)[:3]
+    end, last = offset + 3 * flat.size, int(flat[-1])
+    buffer[end - 3 : end] = words[last : last + 1].view(np.uint8)[:3]
 
 
 def gather_rgb(palette: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -86,6 +86,12 @@ def test_gather_rgb_equals_numpy_fancy_indexing(shape):
     assert np.array_equal(gathered, palette[index])
 
 
+def test_gather_rgb_of_a_uint8_index_ending_in_its_largest_value():
+    palette = np.random.default_rng(3).integers(0, 256, (256, 3), dtype=np.uint8)
+    index = np.asarray([[0, 17, 255]], np.uint8)
+    assert np.array_equal(gather_rgb(palette, index), palette[index])
+
+
 def test_overlay_blends_with_integer_weights():
     image = np.full((2, 2, 3), 200, np.uint8)
     colors = np.full((2, 2, 3), 100, np.uint8)
@@ -121,6 +127,9 @@ def test_painter_overlay_in_bands_on_threads_equals_the_whole_image_overlay(thre
     result.instance[120:140, 2:30] = 1
     result.instance[250:300, 35:49] = 2
     result.semantic[result.instance > 0] = CAR.train_id
+    # Void (255, the largest uint8 index) ends the first band, which holds no instance.
+    result.semantic[127, -1] = 255
+    result.instance[:128] = 0
     image = np.random.default_rng(2).integers(0, 256, (300, 50, 3), dtype=np.uint8)
     expected = overlay(image, colorize_panoptic(result, CONFIG), 0.35)
     assert np.array_equal(PanopticPainter(CONFIG.classes, threads=threads).overlay(image, result, 0.35), expected)
