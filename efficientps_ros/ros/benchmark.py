@@ -5,7 +5,12 @@
 Stages: the input Image to an RGB array, the PanopticResult to every output
 message (semantic, instance, panoptic, overlay, detections), and publishing
 them to a subscriber in another process. Prints the median and p95 of each
-stage and of the total. Like every ROS process here, run it with the same
+stage and of the total.
+
+Then the frame rate of the node's own pipeline with a stand-in model that
+waits `--model-ms` a frame, as a GPU model leaves the CPU waiting: outputs
+built and published inline, against on the output thread while the next
+frame is in the model. Like every ROS process here, run it with the same
 FASTDDS_BUILTIN_TRANSPORTS as its peers.
 """
 from __future__ import annotations
@@ -97,7 +102,11 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     try:
         if listener is not None:
             _wait_for_subscribers(outputs, settings, args.listener_timeout)
-        return _time_frames(outputs, settings, args)
+        times = _time_frames(outputs, settings, args)
+        if args.model_ms > 0:
+            for overlap in (False, True):
+                times[_rate_name(overlap)] = _frame_periods(outputs, settings, args, overlap)
+        return times
     finally:
         if listener is not None:
             listener.terminate()
@@ -144,6 +153,55 @@ def _time_frames(outputs, settings, args: argparse.Namespace) -> dict[str, list[
     return times
 
 
+class _WaitingModel:
+    """Stands in for a predictor on a GPU: it waits `seconds` (without the GIL) and returns `result`."""
+
+    def __init__(self, result: PanopticResult, seconds: float):
+        import torch
+
+        self.config = load_config("small")
+        self.device = torch.device("cpu")
+        self._result, self._seconds = result, seconds
+
+    def predict(self, images):
+        time.sleep(self._seconds)
+        return [self._result for _ in images]
+
+
+def _rate_name(overlap: bool) -> str:
+    return "frame, output thread" if overlap else "frame, inline outputs"
+
+
+def _frame_periods(outputs, settings, args: argparse.Namespace, overlap: bool) -> list[float]:
+    """Seconds per frame through the node's pipeline with a `--model-ms` model, frames back to back."""
+    from std_msgs.msg import Header
+
+    from .diagnostics import CameraStats
+    from .frame_slots import Frame
+    from .image_codec import array_to_image
+    from .pipeline import PerceptionPipeline
+
+    result = synthetic_result(args.height, args.width, args.instances)
+    rgb = np.random.default_rng(1).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    message = array_to_image(rgb, "rgb8", Header(frame_id="camera"))
+    camera = "/benchmark/image_raw"
+    model = _WaitingModel(result, args.model_ms / 1000)
+    pipeline = PerceptionPipeline(model, settings, {camera: outputs}, {camera: CameraStats()}, print, overlap)
+    periods = []
+    try:
+        last = time.perf_counter()
+        for index in range(args.warmup + args.frames):
+            pipeline.process([Frame(camera, message, time.monotonic())])
+            now = time.perf_counter()
+            if index >= args.warmup:
+                periods.append(now - last)
+            last = now
+        pipeline.drain()
+    finally:
+        pipeline.close()
+    return periods
+
+
 def _wait_for_subscribers(outputs, settings, timeout: float) -> None:
     end = time.monotonic() + timeout
     while len(outputs.wanted(settings)) < len(OUTPUTS):
@@ -158,9 +216,17 @@ def report(times: dict[str, list[float]], args: argparse.Namespace) -> str:
         f"{args.frames} frames, all outputs",
         f"{'stage':20s} {'median ms':>10s} {'p95 ms':>10s}",
     ]
+    rates = {name: times.pop(name) for name in (_rate_name(False), _rate_name(True)) if name in times}
     for stage, values in times.items():
         ms = np.asarray(values) * 1000
         lines.append(f"{stage:20s} {np.median(ms):10.2f} {np.percentile(ms, 95):10.2f}")
+    if rates:
+        lines.append(f"the node's pipeline with a model that waits {args.model_ms:g} ms a frame, as on a GPU:")
+        for name, values in rates.items():
+            ms = np.asarray(values) * 1000
+            lines.append(f"{name:24s} {np.median(ms):6.2f} ms median, {1000 / np.median(ms):5.1f} frames/s")
+        inline, threaded = (np.median(v) for v in rates.values())
+        lines.append(f"output thread / inline frame rate: x{inline / threaded:.2f}")
     return "\n".join(lines)
 
 
@@ -175,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoding", choices=("rgb8", "bgr8"), default="rgb8")
     parser.add_argument("--period", type=float, default=0.05, help="seconds between frames, so the listener keeps up")
     parser.add_argument("--no-listener", action="store_true", help="publish with no subscriber")
+    parser.add_argument("--model-ms", type=float, default=30.0,
+                        help="also time the node's pipeline with a model that waits this long (0: do not)")
     parser.add_argument("--listener-timeout", type=float, default=20.0)
     parser.add_argument("--listen", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -247,7 +247,9 @@ class EfficientPSNode(LifecycleNode):
         slots = FrameSlots(cameras)
         from .pipeline import PerceptionPipeline  # torch, imported by now with the predictor
 
-        pipeline = PerceptionPipeline(configured.predictor, settings, outputs, stats, self.get_logger().error)
+        pipeline = PerceptionPipeline(
+            configured.predictor, settings, outputs, stats, self.get_logger().error, overlap_outputs=True
+        )
         worker = InferenceWorker(slots, pipeline.process, self._on_worker_failure)
         configured.reporter.start_cameras(cameras, time.monotonic())
         worker.start()

@@ -1,5 +1,7 @@
 """Frames in, outputs out: decode each camera's frame, predict them as one batch, publish.
 
+With `overlap_outputs`, a batch's outputs are built and published on the
+output thread while the next batch is in the model (see output_stage.py).
 A bad frame, or a batch the device has no memory for, is reported and skipped;
 it never ends the worker. Once closed, a batch still in the model is dropped
 silently: its publishers may be gone.
@@ -20,6 +22,7 @@ from .camera import CameraOutputs
 from .diagnostics import CameraStats
 from .frame_slots import Frame
 from .image_codec import compressed_to_rgb8, to_rgb8
+from .output_stage import OutputStage
 from .params import NodeSettings
 
 
@@ -59,6 +62,7 @@ class PerceptionPipeline:
         outputs: dict[str, CameraOutputs],
         stats: dict[str, CameraStats],
         log_error: Callable[[str], None],
+        overlap_outputs: bool = False,
     ):
         self.predictor = predictor
         # Replaced as a whole when a live parameter changes.
@@ -70,11 +74,19 @@ class PerceptionPipeline:
         # Held while sending, so that after `close` nothing is sent on destroyed publishers.
         self._sending = threading.Lock()
         self._closed = False
+        self._stage = OutputStage(self._publish_all, self._on_output_failure) if overlap_outputs else None
 
     def close(self) -> None:
         """Publish nothing more and report nothing more; returns once a send in progress is done."""
+        # The stage first: a batch waiting for the output thread is dropped, not sent.
+        if self._stage is not None:
+            self._stage.close()
         with self._sending:
             self._closed = True
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until the outputs of every batch processed so far were sent; True when they were."""
+        return self._stage is None or self._stage.drain(timeout)
 
     def process(self, frames: list[Frame]) -> None:
         settings = self.settings
@@ -103,8 +115,20 @@ class PerceptionPipeline:
             for frame, _ in decoded:
                 self._skip(frame.camera, f"inference failed: {type(exc).__name__}: {exc}")
             return
-        for (frame, rgb), result in zip(decoded, results):
+        batch = [(frame, rgb, result, settings) for (frame, rgb), result in zip(decoded, results)]
+        if self._stage is None:
+            self._publish_all(batch)
+        else:
+            self._stage.put(batch)
+
+    def _publish_all(self, batch: list[tuple[Frame, np.ndarray, Any, NodeSettings]]) -> None:
+        for frame, rgb, result, settings in batch:
             self._publish(frame, rgb, result, settings)
+
+    def _on_output_failure(self, exc: Exception) -> None:
+        # `_publish` reports its own failures per camera; this is anything else.
+        if not self._closed:
+            self._log_error(f"output thread: {type(exc).__name__}: {exc}")
 
     def _publish(self, frame: Frame, rgb: np.ndarray, result, settings: NodeSettings) -> None:
         outputs = self._outputs[frame.camera]

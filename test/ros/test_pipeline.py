@@ -2,6 +2,8 @@
 
 The real small predictor runs; the outputs are recorded instead of published.
 """
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -58,29 +60,42 @@ def frame(camera: str, height: int = 48, width: int = 64, encoding: str = "rgb8"
     return Frame(camera, message, received=0.0)
 
 
-def make_pipeline(predictor, **settings):
+@pytest.fixture(params=[False, True], ids=["inline", "output thread"])
+def overlap(request):
+    return request.param
+
+
+def make_pipeline(predictor, overlap=False, **settings):
     cameras = ("/a", "/b")
     outputs = {camera: RecordedOutputs() for camera in cameras}
     stats = {camera: CameraStats() for camera in cameras}
     logged = []
-    pipeline = PerceptionPipeline(predictor, NodeSettings.from_values(settings), outputs, stats, logged.append)
+    pipeline = PerceptionPipeline(
+        predictor, NodeSettings.from_values(settings), outputs, stats, logged.append, overlap_outputs=overlap
+    )
     return pipeline, outputs, stats, logged
 
 
-def test_an_out_of_memory_batch_is_skipped_and_the_next_one_published(predictor):
-    pipeline, outputs, stats, logged = make_pipeline(FailingOnce(predictor))
-    pipeline.process([frame("/a")])
+def processed(pipeline, frames):
+    """`process`, and then whatever the output thread still has to send."""
+    pipeline.process(frames)
+    assert pipeline.drain(30.0)
+
+
+def test_an_out_of_memory_batch_is_skipped_and_the_next_one_published(predictor, overlap):
+    pipeline, outputs, stats, logged = make_pipeline(FailingOnce(predictor), overlap)
+    processed(pipeline, [frame("/a")])
     assert outputs["/a"].sent == []
     assert stats["/a"].snapshot().errors == 1
     assert logged == ["camera /a: frame skipped, out of memory on cpu"]
-    pipeline.process([frame("/a")])
+    processed(pipeline, [frame("/a")])
     assert len(outputs["/a"].sent) == 1
     assert stats["/a"].snapshot().published == 1
 
 
-def test_a_bad_frame_does_not_hold_back_the_other_camera_in_its_batch(predictor):
-    pipeline, outputs, stats, logged = make_pipeline(predictor)
-    pipeline.process([frame("/a", encoding="yuv9"), frame("/b")])
+def test_a_bad_frame_does_not_hold_back_the_other_camera_in_its_batch(predictor, overlap):
+    pipeline, outputs, stats, logged = make_pipeline(predictor, overlap)
+    processed(pipeline, [frame("/a", encoding="yuv9"), frame("/b")])
     assert outputs["/a"].sent == [] and len(outputs["/b"].sent) == 1
     assert "yuv9" in stats["/a"].snapshot().last_error
     assert len(logged) == 1 and logged[0].startswith("camera /a: frame skipped, bad input:")
@@ -89,14 +104,14 @@ def test_a_bad_frame_does_not_hold_back_the_other_camera_in_its_batch(predictor)
 def test_the_same_bad_input_is_logged_once_but_counted_every_time(predictor):
     pipeline, _, stats, logged = make_pipeline(predictor)
     for _ in range(3):
-        pipeline.process([frame("/a", encoding="yuv9")])
+        processed(pipeline, [frame("/a", encoding="yuv9")])
     assert len(logged) == 1
     assert stats["/a"].snapshot().errors == 3
 
 
-def test_each_camera_gets_its_own_result_at_its_own_size(predictor):
-    pipeline, outputs, _, _ = make_pipeline(predictor)
-    pipeline.process([frame("/a", 48, 64), frame("/b", 32, 96)])
+def test_each_camera_gets_its_own_result_at_its_own_size(predictor, overlap):
+    pipeline, outputs, _, _ = make_pipeline(predictor, overlap)
+    processed(pipeline, [frame("/a", 48, 64), frame("/b", 32, 96)])
     (result_a, shape_a, frame_a), = outputs["/a"].sent[0].values()
     (result_b, shape_b, frame_b), = outputs["/b"].sent[0].values()
     assert result_a.semantic.shape == (48, 64) and shape_a == (48, 64, 3) and frame_a == "/a"
@@ -113,11 +128,11 @@ def test_decode_refuses_images_above_the_pixel_limit_before_reading_them():
 def test_the_pixel_limit_counts_the_padded_area_the_model_sees(predictor):
     # 40x100 is 4,000 pixels; the small model pads it to 64x128, 8,192.
     pipeline, outputs, stats, logged = make_pipeline(predictor, max_image_pixels=5000)
-    pipeline.process([frame("/a", 40, 100)])
+    processed(pipeline, [frame("/a", 40, 100)])
     assert outputs["/a"].sent == [] and stats["/a"].snapshot().errors == 1
     assert "padded to" in logged[0] and "max_image_pixels (5000)" in logged[0]
     pipeline, outputs, _, _ = make_pipeline(predictor, max_image_pixels=64 * 128)
-    pipeline.process([frame("/a", 40, 100)])
+    processed(pipeline, [frame("/a", 40, 100)])
     assert len(outputs["/a"].sent) == 1
 
 
@@ -139,12 +154,63 @@ class ClosedDuringBatch:
 
 
 @pytest.mark.parametrize("fail", [False, True], ids=["result", "failure"])
-def test_a_batch_in_the_model_when_closed_is_dropped_without_a_word(predictor, fail):
+def test_a_batch_in_the_model_when_closed_is_dropped_without_a_word(predictor, fail, overlap):
     closing = ClosedDuringBatch(predictor, fail)
-    pipeline, outputs, stats, logged = make_pipeline(closing)
+    pipeline, outputs, stats, logged = make_pipeline(closing, overlap)
     closing.pipeline = pipeline
-    pipeline.process([frame("/a")])
+    processed(pipeline, [frame("/a")])
     assert outputs["/a"].sent == []
     assert logged == [] and stats["/a"].snapshot().errors == 0
-    pipeline.process([frame("/a", encoding="yuv9")])
+    processed(pipeline, [frame("/a", encoding="yuv9")])
     assert logged == [], "a closed pipeline reports nothing"
+
+
+class HeldOutputs(RecordedOutputs):
+    """Sends only once `release` is set, as a slow subscriber or a large frame would hold them."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+        self.sending = threading.Event()
+
+    def send(self, built):
+        self.sending.set()
+        assert self.release.wait(30.0)
+        super().send(built)
+
+
+def test_with_the_output_thread_the_next_batch_is_predicted_while_one_is_sent(predictor):
+    pipeline, outputs, stats, _ = make_pipeline(predictor, overlap=True)
+    held = outputs["/a"] = HeldOutputs()
+    pipeline.process([frame("/a")])
+    assert held.sending.wait(30.0)
+    # The first batch is held in its send; the second is predicted meanwhile and waits its turn.
+    pipeline.process([frame("/a", 32, 32)])
+    third = threading.Thread(target=pipeline.process, args=([frame("/a", 16, 16)],))
+    third.start()
+    third.join(2.0)
+    assert third.is_alive(), "a third batch went past the one waiting: outputs could pile up"
+    assert held.sent == []
+    held.release.set()
+    third.join(30.0)
+    assert pipeline.drain(30.0)
+    assert [built["semantic"][1] for built in held.sent] == [(48, 64, 3), (32, 32, 3), (16, 16, 3)]
+    assert stats["/a"].snapshot().published == 3
+
+
+def test_closing_drops_the_batch_waiting_for_the_output_thread(predictor):
+    pipeline, outputs, stats, logged = make_pipeline(predictor, overlap=True)
+    held = outputs["/a"] = HeldOutputs()
+    pipeline.process([frame("/a")])
+    assert held.sending.wait(30.0)
+    pipeline.process([frame("/a", 32, 32)])
+    closing = threading.Thread(target=pipeline.close)
+    closing.start()
+    closing.join(0.5)
+    assert closing.is_alive(), "close returned while a send was in progress"
+    held.release.set()
+    closing.join(30.0)
+    assert not closing.is_alive()
+    processed(pipeline, [frame("/a", 16, 16)])
+    assert [built["semantic"][1] for built in held.sent] == [(48, 64, 3)]
+    assert logged == [] and stats["/a"].snapshot().errors == 0
