@@ -35,6 +35,8 @@ ROS_STAGES = ("message to array", "arrays to messages", "publish")
 MODEL_STAGES = STAGES[1:8]
 # Everything but the network and the fusion: the node's own overhead.
 OVERHEAD_STAGES = ("message to array", "upload and normalise", "maps to host", "arrays to messages", "publish")
+# What the node's output thread does, while its inference thread runs the stages before.
+OUTPUT_THREAD_STAGES = ("arrays to messages", "publish")
 
 
 class StageClock:
