@@ -35,6 +35,7 @@ from .bench_stages import (
     summary,
 )
 from .data.synthetic import street_scene
+from .device_overlay import pays_on
 from .model import load_config
 from .model.checkpoint import read_config
 from .predictor import Predictor, check_precision, resolve_device
@@ -87,6 +88,9 @@ def _run_variant(args: argparse.Namespace, config, device, images, plain: Predic
     warm_up_s = fast.warm_up([(args.height, args.width)], args.batch)
     peak = memory.peak_mb()
     ros, absent = _ros_stages(args, images, config)
+    if ros is not None and pays_on(device):
+        # As the node does there: the overlay painted with the maps.
+        fast.set_overlay(ros.overlay_alpha)
     clock = StageClock(device)
     stages: dict[str, list[float]] = {}
     baseline: dict[str, list[float]] = {}

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .device_overlay import DeviceOverlay
 from .model import build_model
 from .model.boxes import segment_boxes
 from .model.checkpoint import CheckpointError, load_checkpoint, load_weights
@@ -123,6 +124,16 @@ class Predictor:
         # On a GPU the maps come back in one copy into page-locked memory; on
         # the CPU they are already where numpy can read them.
         self.packed_copy = self.device.type == "cuda"
+        self._overlay: DeviceOverlay | None = None
+
+    def set_overlay(self, alpha: float | None) -> None:
+        """Paint the overlay at `alpha` with the maps, on the device (see device_overlay.py); None: do not."""
+        if alpha is None:
+            self._overlay = None
+        elif self._overlay is None or self._overlay.alpha != alpha:
+            self._overlay = DeviceOverlay(
+                self.config.classes, alpha, self.config.roi.detections_per_image, self.device
+            )
 
     def set_fusion(self, **thresholds) -> None:
         """Change fusion thresholds (score_threshold, overlap_threshold, ...).
@@ -183,15 +194,15 @@ class Predictor:
         if self.model is None:
             raise RuntimeError("the predictor was closed")
         start = time.perf_counter()
-        batch, size = self._prepare(images)
+        batch, size, pixels = self._prepare(images)
         mark("upload and normalise")
         # Autocast also with weights already cast: it runs the ops that need
         # fp32 (RoIAlign has no reduced-precision CPU kernel) in fp32.
         with torch.autocast(self.device.type, dtype=self._dtype, enabled=self._dtype != torch.float32):
             logits, detections = self._network(batch, [size] * len(images), mark)
         fused = [
-            self._fuse(one_logits, one_detections, size, image.shape[:2])
-            for one_logits, one_detections, image in zip(logits, detections, images)
+            self._fuse(one_logits, one_detections, size, one_pixels)
+            for one_logits, one_detections, one_pixels in zip(logits, detections, pixels)
         ]
         mark("fusion")
         host = self._to_host(fused)
@@ -213,17 +224,20 @@ class Predictor:
         mark("RoI heads")
         return logits, detections
 
-    def _prepare(self, images: list[np.ndarray]) -> tuple[Tensor, tuple[int, int]]:
-        """uint8 HxWx3 arrays -> normalised, padded NCHW batch on the device.
+    def _prepare(self, images: list[np.ndarray]) -> tuple[Tensor, tuple[int, int], list[Tensor]]:
+        """uint8 HxWx3 arrays -> normalised, padded NCHW batch on the device, and each image there as uint8.
 
         Without `input_size` the images share one size; with it, each is
         resized on its own and then they are stacked.
         """
         if self.input_size is None:
             # One image needs no stacking copy: the float conversion copies it.
-            batch = self._to_device(images[0][None] if len(images) == 1 else np.stack(images))
+            uploaded = self._upload(images[0][None] if len(images) == 1 else np.stack(images))
+            batch, pixels = _as_float(uploaded), list(uploaded)
         else:
-            batch = torch.cat([self._resized(self._to_device(image[None])) for image in images])
+            uploads = [self._upload(image[None]) for image in images]
+            batch = torch.cat([self._resized(_as_float(one)) for one in uploads])
+            pixels = [one[0] for one in uploads]
         size = (batch.shape[-2], batch.shape[-1])
         # In place: the float batch is a fresh copy of the pixels.
         batch = batch.sub_(self._mean).div_(self._std)
@@ -231,8 +245,8 @@ class Predictor:
         padded = (size[0] + -size[0] % divisor, size[1] + -size[1] % divisor)
         # Zero after normalisation: the padding is the mean colour.
         if not self.optimized:
-            return F.pad(batch, (0, padded[1] - size[1], 0, padded[0] - size[0])), size
-        return self._network_layout(batch, padded), size
+            return F.pad(batch, (0, padded[1] - size[1], 0, padded[0] - size[0])), size, pixels
+        return self._network_layout(batch, padded), size, pixels
 
     def _network_layout(self, batch: Tensor, padded: tuple[int, int]) -> Tensor:
         """The batch in the weights' dtype, channels-last and zero-padded, in one copy.
@@ -253,20 +267,21 @@ class Predictor:
         out[:, :, : batch.shape[-2], : batch.shape[-1]] = batch
         return out
 
-    def _to_device(self, images: np.ndarray) -> Tensor:
-        """NHWC uint8 -> NCHW float on the device."""
+    def _upload(self, images: np.ndarray) -> Tensor:
+        """NHWC uint8 on the device."""
         # Views of message buffers are read-only, which torch must not alias;
-        # those are copied, and the float conversion below copies the rest.
+        # those are copied, and the float conversion after this copies the rest.
         pixels = torch.from_numpy(images if images.flags.writeable else images.copy())
-        return pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return pixels.to(self.device, non_blocking=True)
 
     def _resized(self, batch: Tensor) -> Tensor:
         if tuple(batch.shape[-2:]) == self.input_size:
             return batch
         return F.interpolate(batch, size=self.input_size, mode="bilinear", align_corners=False)
 
-    def _fuse(self, logits: Tensor, detections: dict, size: tuple[int, int], out_size: tuple[int, int]) -> DeviceMaps:
-        """Fusion at network resolution, then the maps at the input size, all on the device."""
+    def _fuse(self, logits: Tensor, detections: dict, size: tuple[int, int], pixels: Tensor) -> DeviceMaps:
+        """Fusion at network resolution, then the maps at the input size (of `pixels`), all on the device."""
+        out_size = tuple(pixels.shape[:2])
         logits = logits[:, : size[0], : size[1]].float()
         detections = {k: v.float() if v.is_floating_point() else v for k, v in detections.items()}
         out = panoptic_fusion(logits, detections, self._fusion_config(size, out_size))
@@ -284,6 +299,7 @@ class Predictor:
             instance=instance.to(torch.int16),
             panoptic=self._panoptic(semantic, instance),
             detections=table,
+            overlay=None if self._overlay is None else self._overlay.paint(pixels, semantic, instance, class_ids),
         )
 
     def _fusion_config(self, size: tuple[int, int], out_size: tuple[int, int]) -> EfficientPSConfig:
@@ -294,12 +310,13 @@ class Predictor:
         area = round(fusion.min_stuff_area * size[0] * size[1] / (out_size[0] * out_size[1]))
         return replace(self.config, fusion=replace(fusion, min_stuff_area=area))
 
-    def _to_host(self, maps: list[DeviceMaps]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """Each image's semantic, instance, panoptic and detection arrays in host memory."""
+    def _to_host(self, maps: list[DeviceMaps]) -> list[tuple[np.ndarray, ...]]:
+        """Each image's semantic, instance, panoptic and detection arrays, and its overlay if painted, on the host."""
         if not self.packed_copy:
             return [
                 (m.semantic.cpu().numpy(), m.instance.cpu().numpy().view(np.uint16),
-                 m.panoptic.cpu().numpy(), m.detections.cpu().numpy())
+                 m.panoptic.cpu().numpy(), m.detections.cpu().numpy(),
+                 *(() if m.overlay is None else (m.overlay.cpu().numpy(),)))
                 for m in maps
             ]
         packed, layout = pack_maps(maps)
@@ -311,14 +328,20 @@ class Predictor:
         return unpack_maps(host.numpy(), layout)
 
     def _to_result(
-        self, semantic: np.ndarray, instance: np.ndarray, panoptic: np.ndarray, detections: np.ndarray
+        self,
+        semantic: np.ndarray,
+        instance: np.ndarray,
+        panoptic: np.ndarray,
+        detections: np.ndarray,
+        overlay: np.ndarray | None = None,
     ) -> PanopticResult:
         classes = self.config.classes
         instances = [
             Instance(k + 1, int(row[5]), classes[int(row[5])].name, float(row[4]), tuple(float(v) for v in row[:4]))
             for k, row in enumerate(detections.tolist())
         ]
-        return PanopticResult(semantic=semantic, instance=instance, panoptic=panoptic, instances=instances)
+        alpha = None if overlay is None else self._overlay.alpha
+        return PanopticResult(semantic, instance, panoptic, instances, overlay=overlay, overlay_alpha=alpha)
 
     def _panoptic(self, semantic: Tensor, instance: Tensor) -> Tensor:
         """Cityscapes panoptic ids: label id, or label id * 1000 + k; void 0."""
@@ -338,6 +361,7 @@ class DeviceMaps:
     instance: Tensor  # [H, W] int16, the bits of uint16
     panoptic: Tensor  # [H, W] int32
     detections: Tensor  # [K, 6] float32
+    overlay: Tensor | None = None  # [H, W, 3] uint8
 
 
 def pack_maps(maps: Sequence[DeviceMaps]) -> tuple[Tensor, list[list[tuple[int, tuple[int, ...], np.dtype]]]]:
@@ -350,9 +374,10 @@ def pack_maps(maps: Sequence[DeviceMaps]) -> tuple[Tensor, list[list[tuple[int, 
     offset = 0
     for m in maps:
         entries = []
-        for tensor, dtype in (
-            (m.semantic, np.uint8), (m.instance, np.uint16), (m.panoptic, np.int32), (m.detections, np.float32)
-        ):
+        arrays = [(m.semantic, np.uint8), (m.instance, np.uint16), (m.panoptic, np.int32), (m.detections, np.float32)]
+        if m.overlay is not None:
+            arrays.append((m.overlay, np.uint8))
+        for tensor, dtype in arrays:
             raw = tensor.contiguous().flatten().view(torch.uint8)
             entries.append((offset, tuple(tensor.shape), np.dtype(dtype)))
             parts.append(raw)
@@ -375,6 +400,11 @@ def unpack_maps(buffer: np.ndarray, layout) -> list[tuple[np.ndarray, ...]]:
         )
         for entries in layout
     ]
+
+
+def _as_float(pixels: Tensor) -> Tensor:
+    """NHWC uint8 -> NCHW float, a copy."""
+    return pixels.permute(0, 3, 1, 2).float()
 
 
 def _optimized(model: nn.Module, dtype: torch.dtype, compile: bool) -> nn.Module:

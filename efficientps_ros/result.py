@@ -35,3 +35,6 @@ class PanopticResult:
     instances: list[Instance] = field(default_factory=list)
     # Seconds spent in the network and the fusion, for diagnostics.
     model_time: float = 0.0
+    # HxWx3 uint8, painted with the maps where the predictor was asked to (`set_overlay`), at this alpha.
+    overlay: np.ndarray | None = None
+    overlay_alpha: float | None = None

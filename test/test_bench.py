@@ -103,6 +103,25 @@ def test_with_ros_every_stage_is_timed_and_the_node_overhead_given(tmp_path):
     assert report["fps"] <= report["fps_with_output_thread"]
 
 
+@pytest.mark.skipif(bench_messages.ros_available() != "", reason="needs rclpy and vision_msgs")
+def test_where_painting_with_the_maps_pays_the_overlay_sent_is_the_predictors(tmp_path, monkeypatch):
+    from efficientps_ros import bench
+    from efficientps_ros.ros import messages
+
+    monkeypatch.setattr(bench, "pays_on", lambda device: True)
+    painted = []
+    overlay_image = messages.overlay_image
+
+    def recording(rgb, result, painter, alpha, header):
+        painted.append((result.overlay_alpha, alpha))
+        return overlay_image(rgb, result, painter, alpha, header)
+
+    monkeypatch.setattr(messages, "overlay_image", recording)
+    run_bench(_args(tmp_path, ros="on"))
+    # Warm-up and measured frames of the optimised network, each with the predictor's overlay.
+    assert painted == [(0.5, 0.5)] * 3
+
+
 def test_variants_share_one_plain_network_whose_frames_alternate_with_theirs(tmp_path, monkeypatch):
     from efficientps_ros import bench
 

@@ -253,7 +253,7 @@ def test_bf16_weights_are_cast_and_the_fusion_agrees_with_fp32():
 def test_the_network_in_steps_computes_what_its_forward_computes(predictor):
     image = street_scene(96, 160, seed=12).image
     with torch.inference_mode():
-        batch, size = predictor._prepare([image])
+        batch, size, _ = predictor._prepare([image])
         assert batch.is_contiguous(memory_format=torch.channels_last)
         stages = []
         logits, detections = predictor._network(batch, [size], stages.append)
@@ -338,8 +338,8 @@ def test_the_compiled_dense_part_gives_the_eager_output(checkpoint, predictor):
 def test_the_optimized_batch_is_padded_with_the_mean_colour_in_the_plain_batchs_values(predictor, plain):
     image = street_scene(75, 130, seed=18).image
     with torch.inference_mode():
-        fast, size = predictor._prepare([image])
-        reference, _ = plain._prepare([image])
+        fast, size, _ = predictor._prepare([image])
+        reference, _, _ = plain._prepare([image])
     assert size == (75, 130) and fast.shape == reference.shape == (1, 3, 96, 160)
     assert fast.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fast, reference, rtol=0, atol=0)
@@ -362,7 +362,7 @@ def test_the_normalised_batch_is_the_four_pass_one_exactly(checkpoint, precision
     images = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(count)]
     predictor = Predictor(checkpoint=checkpoint, device="cpu", precision=precision)
     with torch.inference_mode():
-        batch, size = predictor._prepare(images)
+        batch, size, _ = predictor._prepare(images)
     assert size == shape and batch.dtype == dtype
     assert batch.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(batch, _normalised_as_before(images, predictor, dtype), rtol=0, atol=0)
@@ -375,6 +375,6 @@ def test_a_read_only_strided_image_is_normalised_and_left_alone(predictor):
     rows.flags.writeable = False
     before = image.copy()
     with torch.inference_mode():
-        batch, _ = predictor._prepare([image])
+        batch, _, _ = predictor._prepare([image])
     torch.testing.assert_close(batch, _normalised_as_before([before], predictor, torch.float32), rtol=0, atol=0)
     assert np.array_equal(image, before)

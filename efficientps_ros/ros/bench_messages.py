@@ -50,6 +50,10 @@ class RosStages:
             self.close()
             raise
 
+    @property
+    def overlay_alpha(self) -> float:
+        return self._settings.overlay_alpha
+
     def to_arrays(self) -> list[np.ndarray]:
         """Message to array: each camera message as the RGB array the predictor takes."""
         from .image_codec import to_rgb8

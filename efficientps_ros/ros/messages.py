@@ -46,8 +46,9 @@ def panoptic_image(result: PanopticResult, header: Header) -> bytes:
 def overlay_image(
     rgb: np.ndarray, result: PanopticResult, painter: PanopticPainter, alpha: float, header: Header
 ) -> bytes:
-    """rgb8: the panoptic colouring blended over the input image."""
-    return array_to_serialized_image(painter.overlay(rgb, result, alpha), "rgb8", header)
+    """rgb8: the panoptic colouring blended over the input image; the predictor's, where it painted one."""
+    painted = result.overlay if result.overlay_alpha == alpha else painter.overlay(rgb, result, alpha)
+    return array_to_serialized_image(painted, "rgb8", header)
 
 
 def detection_array(result: PanopticResult, header: Header) -> Detection2DArray:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..device_overlay import pays_on
 from ..input_limits import check_image_size
 from ..predictor import Predictor
 from ..visualize import PanopticPainter
@@ -63,6 +64,7 @@ class PerceptionPipeline:
         stats: dict[str, CameraStats],
         log_error: Callable[[str], None],
         overlap_outputs: bool = False,
+        device_overlay: bool | None = None,
     ):
         self.predictor = predictor
         # Replaced as a whole when a live parameter changes.
@@ -71,6 +73,7 @@ class PerceptionPipeline:
         self._stats = stats
         self._log_error = log_error
         self._painter = PanopticPainter(predictor.config.classes)
+        self._device_overlay = pays_on(predictor.device) if device_overlay is None else device_overlay
         # Held while sending, so that after `close` nothing is sent on destroyed publishers.
         self._sending = threading.Lock()
         self._closed = False
@@ -104,6 +107,9 @@ class PerceptionPipeline:
 
     def _predict_and_publish(self, decoded: list[tuple[Frame, np.ndarray]], settings: NodeSettings) -> None:
         try:
+            if self._device_overlay:
+                wanted = any("overlay" in self._outputs[frame.camera].wanted(settings) for frame, _ in decoded)
+                self.predictor.set_overlay(settings.overlay_alpha if wanted else None)
             results = self.predictor.predict([rgb for _, rgb in decoded])
         except torch.OutOfMemoryError:
             if self.predictor.device.type == "cuda":

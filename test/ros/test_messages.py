@@ -86,6 +86,21 @@ def test_overlay_is_rgb8_of_the_painter_blend():
     assert np.array_equal(np.frombuffer(bytes(image.data), np.uint8).reshape(30, 50, 3), expected)
 
 
+def test_an_overlay_the_predictor_painted_at_the_same_alpha_is_sent_as_it_is():
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    painter = PanopticPainter(CONFIG.classes)
+    result = street()
+    result.overlay, result.overlay_alpha = np.full((30, 50, 3), 7, np.uint8), 0.4
+
+    def sent(alpha):
+        image = deserialize_message(messages.overlay_image(rgb, result, painter, alpha, HEADER), Image)
+        return np.frombuffer(bytes(image.data), np.uint8).reshape(30, 50, 3)
+
+    assert (sent(0.4) == 7).all()
+    # Painted at another alpha (a live parameter changed since): painted again here.
+    assert np.array_equal(sent(0.6), painter.overlay(rgb, result, 0.6))
+
+
 def test_one_detection_per_instance_with_id_class_and_score():
     array = messages.detection_array(street(), HEADER)
     assert_same_header(array.header)

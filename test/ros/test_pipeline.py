@@ -214,3 +214,28 @@ def test_closing_drops_the_batch_waiting_for_the_output_thread(predictor):
     processed(pipeline, [frame("/a", 16, 16)])
     assert [built["semantic"][1] for built in held.sent] == [(48, 64, 3)]
     assert logged == [] and stats["/a"].snapshot().errors == 0
+
+
+class OverlayOutputs(RecordedOutputs):
+    """Wants the overlay, and records the overlay the predictor painted."""
+
+    def wanted(self, settings):
+        return ["overlay"]
+
+    def build(self, outputs, result, rgb, header, settings, painter):
+        return {"overlay": (result.overlay_alpha, result.overlay is not None)}
+
+
+@pytest.mark.parametrize("device_overlay", [False, True])
+def test_the_predictor_paints_the_overlay_where_asked_at_the_current_alpha(predictor, device_overlay):
+    outputs = {"/a": OverlayOutputs()}
+    pipeline = PerceptionPipeline(predictor, NodeSettings.from_values({"overlay_alpha": 0.3}), outputs,
+                                  {"/a": CameraStats()}, print, device_overlay=device_overlay)
+    try:
+        processed(pipeline, [frame("/a")])
+        pipeline.settings = NodeSettings.from_values({"overlay_alpha": 0.7})
+        processed(pipeline, [frame("/a")])
+        sent = [built["overlay"] for built in outputs["/a"].sent]
+        assert sent == ([(0.3, True), (0.7, True)] if device_overlay else [(None, False), (None, False)])
+    finally:
+        predictor.set_overlay(None)
