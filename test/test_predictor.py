@@ -3,6 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from efficientps_ros.data.synthetic import street_scene
 from efficientps_ros.model import build_model
@@ -233,21 +234,39 @@ def test_the_optimized_fp32_network_gives_the_plain_networks_output(predictor, p
         assert a.score == pytest.approx(b.score, abs=1e-3)
 
 
+def _confident_matched(found, reference, score: float) -> bool:
+    """Every detection of `found` scoring `score` or more has one of its class in `reference` at IoU 0.5."""
+    for inst in found.instances:
+        if inst.score < score:
+            continue
+        partners = [other.box for other in reference.instances if other.class_id == inst.class_id]
+        if not partners or box_iou(torch.tensor([inst.box]), torch.tensor(partners)).max() < 0.5:
+            return False
+    return True
+
+
 def test_bf16_weights_are_cast_and_the_fusion_agrees_with_fp32():
     # The shipped trained weights: untrained logits sit so close together that any rounding flips them.
-    image = street_scene(256, 512, seed=11).image
     cast = Predictor("small", device="cpu", precision="bf16")
     reference = Predictor("small", device="cpu", optimize=False)
     assert cast.model.backbone.parameters().__next__().dtype == torch.bfloat16
     assert reference.model.backbone.parameters().__next__().dtype == torch.float32
     # The anchors stay fp32: bf16 cannot hold corners of a few hundred pixels exactly.
     assert cast.model.instance_head.base_anchors.dtype == torch.float32
-    low, full = cast.predict(image), reference.predict(image)
-    _check_consistent(low, cast.config, (256, 512))
-    # Measured: 99.0 to 99.7 % on these scenes; rounding moves only boundary pixels.
-    assert _agreement(low, full) > 0.98
-    assert (low.panoptic != full.panoptic).mean() < 0.02
-    assert [i.class_id for i in low.instances] == [i.class_id for i in full.instances]
+    agreement, differ = [], []
+    for seed in range(11, 17):
+        image = street_scene(256, 512, seed=seed).image
+        low, full = cast.predict(image), reference.predict(image)
+        _check_consistent(low, cast.config, (256, 512))
+        agreement.append(_agreement(low, full))
+        differ.append((low.panoptic != full.panoptic).mean())
+        # Rounding may move a detection across the 0.5 score threshold, never a confident one.
+        threshold = cast.config.fusion.score_threshold + 0.1
+        assert _confident_matched(low, full, threshold) and _confident_matched(full, low, threshold), seed
+    # Measured with the shipped model: 98.6 to 99.9 % per scene, 99.6 % on average;
+    # rounding moves boundary pixels and the odd borderline detection.
+    assert min(agreement) > 0.98 and np.mean(agreement) > 0.99, agreement
+    assert np.mean(differ) < 0.01, differ
 
 
 def test_the_network_in_steps_computes_what_its_forward_computes(predictor):
