@@ -5,6 +5,19 @@ import time
 from efficientps_ros.ros.output_stage import OutputStage
 
 
+class HeldSend:
+    """A send that holds each item until `release` is set, as a slow subscriber would."""
+
+    def __init__(self):
+        self.release, self.started = threading.Event(), threading.Event()
+        self.sent = []
+
+    def __call__(self, item):
+        self.started.set()
+        self.release.wait(10.0)
+        self.sent.append(item)
+
+
 def test_items_are_sent_in_order_and_drain_waits_for_them():
     sent = []
     stage = OutputStage(lambda item: (time.sleep(0.01), sent.append(item)), lambda exc: None)
@@ -16,14 +29,8 @@ def test_items_are_sent_in_order_and_drain_waits_for_them():
 
 
 def test_put_waits_while_one_item_is_already_waiting():
-    release, started = threading.Event(), threading.Event()
-    sent = []
-
-    def send(item):
-        started.set()
-        release.wait(10.0)
-        sent.append(item)
-
+    send = HeldSend()
+    release, started, sent = send.release, send.started, send.sent
     stage = OutputStage(send, lambda exc: None)
     stage.put("first")
     assert started.wait(10.0)
@@ -56,14 +63,8 @@ def test_a_failure_is_reported_and_the_thread_goes_on():
 
 
 def test_close_drops_the_waiting_item_unblocks_put_and_ends_the_thread():
-    release, started = threading.Event(), threading.Event()
-    sent = []
-
-    def send(item):
-        started.set()
-        release.wait(10.0)
-        sent.append(item)
-
+    send = HeldSend()
+    release, started, sent = send.release, send.started, send.sent
     stage = OutputStage(send, lambda exc: None)
     stage.put("sending")
     assert started.wait(10.0)

@@ -179,11 +179,17 @@ class HeldOutputs(RecordedOutputs):
         super().send(built)
 
 
-def test_with_the_output_thread_the_next_batch_is_predicted_while_one_is_sent(predictor):
-    pipeline, outputs, stats, _ = make_pipeline(predictor, overlap=True)
+def pipeline_held_in_its_first_send(predictor):
+    """A pipeline with the output thread, its first batch of camera /a held in its send."""
+    pipeline, outputs, stats, logged = make_pipeline(predictor, overlap=True)
     held = outputs["/a"] = HeldOutputs()
     pipeline.process([frame("/a")])
     assert held.sending.wait(30.0)
+    return pipeline, held, stats, logged
+
+
+def test_with_the_output_thread_the_next_batch_is_predicted_while_one_is_sent(predictor):
+    pipeline, held, stats, _ = pipeline_held_in_its_first_send(predictor)
     # The first batch is held in its send; the second is predicted meanwhile and waits its turn.
     pipeline.process([frame("/a", 32, 32)])
     third = threading.Thread(target=pipeline.process, args=([frame("/a", 16, 16)],))
@@ -199,10 +205,7 @@ def test_with_the_output_thread_the_next_batch_is_predicted_while_one_is_sent(pr
 
 
 def test_closing_drops_the_batch_waiting_for_the_output_thread(predictor):
-    pipeline, outputs, stats, logged = make_pipeline(predictor, overlap=True)
-    held = outputs["/a"] = HeldOutputs()
-    pipeline.process([frame("/a")])
-    assert held.sending.wait(30.0)
+    pipeline, held, stats, logged = pipeline_held_in_its_first_send(predictor)
     pipeline.process([frame("/a", 32, 32)])
     closing = threading.Thread(target=pipeline.close)
     closing.start()
