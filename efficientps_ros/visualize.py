@@ -1,10 +1,12 @@
 """Panoptic colouring and overlays: numpy only, no per-pixel Python.
 
-Every pixel gets its colour from a lookup table indexed by one small integer:
-the train id for stuff and void, 256 + k for the k-th instance. Instances of
-one class get distinct shades of the class colour, so neighbouring cars stay
-apart. Blending uses integer weights out of 256, which keeps the whole overlay
-in uint8/uint16 arithmetic.
+Every pixel gets its colour from a lookup table indexed by one integer,
+instance id x 256 + train id: two vectorised integer operations on the maps,
+and one gather. Block 0 of the table is the class palette; block k holds the
+k-th instance's shade in all of its 256 slots. Instances of one class get
+distinct shades of the class colour, so neighbouring cars stay apart.
+Blending uses integer weights out of 256, which keeps the whole overlay in
+uint8/uint16 arithmetic.
 """
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ import numpy as np
 from .model.config import ClassInfo, EfficientPSConfig
 from .result import PanopticResult
 
-# Palette slots below this are train ids (255 = void); instance k uses slot INSTANCE_BASE + k.
-INSTANCE_BASE = 256
+# Palette slots per instance id: slot k * PALETTE_BLOCK + t colours train id t of instance k.
+BLOCK_BITS = 8
+PALETTE_BLOCK = 1 << BLOCK_BITS
+# Blend weights are integers out of this.
+WEIGHT_UNIT = 256
 # How far an instance's shade may move from its class colour, per channel.
 _SHADE_SPREAD = 40
 # Rows per band of the overlay: at 2048 columns a band's scratch arrays (2.5 MB)
@@ -30,7 +35,7 @@ _MAX_THREADS = 4
 
 def class_palette(classes: Sequence[ClassInfo]) -> np.ndarray:
     """256x3 uint8: the colour of each train id; void and unused ids are black."""
-    palette = np.zeros((INSTANCE_BASE, 3), np.uint8)
+    palette = np.zeros((PALETTE_BLOCK, 3), np.uint8)
     for info in classes:
         palette[info.train_id] = info.color
     return palette
@@ -45,24 +50,23 @@ def instance_shades(base_colors: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def panoptic_palette(result: PanopticResult, palette: np.ndarray) -> np.ndarray:
-    """(256 + n + 1)x3 uint8: the class palette followed by one shade per instance id 0..n."""
+    """((n + 1) * 256)x3 uint8: the class palette, then 256 copies of each instance's shade."""
     count = len(result.instances)
-    ids = np.arange(count + 1)
-    class_ids = np.asarray([0] + [inst.class_id for inst in result.instances], np.int64)
-    shades = instance_shades(palette[class_ids], ids)
-    return np.concatenate([palette, shades])
+    class_ids = np.asarray([inst.class_id for inst in result.instances], np.int64)
+    shades = instance_shades(palette[class_ids], np.arange(1, count + 1))
+    return np.concatenate([palette, np.repeat(shades, PALETTE_BLOCK, axis=0)])
 
 
 def panoptic_index(result: PanopticResult) -> np.ndarray:
-    """HxW index into `panoptic_palette`: the train id, or INSTANCE_BASE + k on instance pixels."""
-    return _index(result.semantic, result.instance)
+    """HxW index into `panoptic_palette`: instance id x 256 + train id."""
+    return _index(result.semantic, result.instance, len(result.instances))
 
 
-def _index(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:
-    if not instance.any():
-        return semantic
-    index = np.add(instance, INSTANCE_BASE, dtype=np.uint32)
-    np.copyto(index, semantic, where=instance == 0)
+def _index(semantic: np.ndarray, instance: np.ndarray, count: int) -> np.ndarray:
+    # uint16 holds the index while ids stay below 256, and halves the memory traffic.
+    dtype = np.uint16 if count < 2**16 // PALETTE_BLOCK else np.uint32
+    index = np.left_shift(instance, BLOCK_BITS, dtype=dtype)
+    np.bitwise_or(index, semantic, out=index)
     return index
 
 
@@ -126,9 +130,26 @@ def overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> np.nda
     if image.shape != colors.shape:
         raise ValueError(f"overlay: image {image.shape} and colours {colors.shape} differ in shape")
     weight = alpha_weight(alpha)
-    blended = scale(image, INSTANCE_BASE - weight)
+    blended = scale(image, WEIGHT_UNIT - weight)
     blended += scale(colors, weight)
     return blended
+
+
+def add_scaled(total: np.ndarray, values: np.ndarray, weight: int) -> None:
+    """total += floor(values * weight / 256), in place, for uint8 arrays whose sum stays below 256.
+
+    A weight that is a power of two (alpha 0.5 leaves 128) makes the term a
+    shift, one uint8 pass instead of three through uint16.
+    """
+    if weight & (weight - 1) == 0:
+        if weight:
+            # floor(v * 2**m / 256) == v >> (8 - m)
+            np.add(total, np.right_shift(values, 9 - weight.bit_length()), out=total)
+        return
+    term = np.multiply(values, weight, dtype=np.uint16)
+    np.right_shift(term, 8, out=term)
+    # The two floored terms never sum past 255, so the cast back to uint8 is exact.
+    np.add(total, term, out=total, casting="unsafe")
 
 
 class PanopticPainter:
@@ -155,12 +176,10 @@ class PanopticPainter:
 
         def paint(top: int) -> None:
             rows = slice(top, min(top + _BAND_ROWS, height))
-            _gather_into(words, _index(result.semantic[rows], result.instance[rows]), buffer, 3 * top * width)
+            index = _index(result.semantic[rows], result.instance[rows], len(result.instances))
+            _gather_into(words, index, buffer, 3 * top * width)
             band = buffer[3 * top * width : 3 * rows.stop * width].reshape(rows.stop - top, width, 3)
-            image_term = np.multiply(image[rows], INSTANCE_BASE - weight, dtype=np.uint16)
-            np.right_shift(image_term, 8, out=image_term)
-            # The two floored terms never sum past 255, so the cast back to uint8 is exact.
-            np.add(band, image_term, out=band, casting="unsafe")
+            add_scaled(band, image[rows], WEIGHT_UNIT - weight)
 
         bands = range(0, height, _BAND_ROWS)
         if self._pool is None or len(bands) == 1:

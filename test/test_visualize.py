@@ -5,8 +5,9 @@ import pytest
 from efficientps_ros.model.config import load_config
 from efficientps_ros.result import Instance, PanopticResult
 from efficientps_ros.visualize import (
-    INSTANCE_BASE,
+    PALETTE_BLOCK,
     PanopticPainter,
+    add_scaled,
     class_palette,
     colorize_panoptic,
     gather_rgb,
@@ -68,12 +69,40 @@ def test_instance_shades_are_deterministic_and_differ_for_neighbouring_ids():
     assert len({tuple(s) for s in shades[1:]}) == 49
 
 
-def test_panoptic_index_uses_train_ids_then_offset_instance_ids():
+def test_panoptic_index_is_the_instance_id_times_256_plus_the_train_id():
     result = two_cars()
     index = panoptic_index(result)
-    assert index[4, 0] == ROAD.train_id
-    assert index[6, 5] == INSTANCE_BASE + 1
-    assert index[10, 25] == INSTANCE_BASE + 2
+    assert index.dtype == np.uint16
+    assert index[4, 0] == ROAD.train_id and index[0, 0] == 255
+    assert index[6, 5] == PALETTE_BLOCK + CAR.train_id
+    assert index[10, 25] == 2 * PALETTE_BLOCK + CAR.train_id
+
+
+@pytest.mark.parametrize("count", [255, 256, 999])
+def test_every_pixel_of_many_instances_gets_its_class_colour_or_its_shade(count):
+    # 256 instances and more no longer fit a uint16 index.
+    rng = np.random.default_rng(count)
+    height, width = 40, 50
+    semantic = rng.choice([c.train_id for c in CONFIG.classes] + [255], (height, width)).astype(np.uint8)
+    instance = np.zeros((height, width), np.uint16)
+    instance.ravel()[rng.choice(height * width, count, replace=False)] = np.arange(1, count + 1)
+    class_ids = rng.choice([c.train_id for c in CONFIG.classes if c.is_thing], count)
+    semantic[instance > 0] = class_ids[instance[instance > 0] - 1]
+    instances = [Instance(k, int(class_ids[k - 1]), "thing", 0.9, (0, 0, 1, 1)) for k in range(1, count + 1)]
+    result = PanopticResult(semantic, instance, np.zeros((height, width), np.int32), instances)
+    palette = class_palette(CONFIG.classes)
+    colors = colorize_panoptic(result, CONFIG)
+    for y in range(height):
+        for x in range(width):
+            k = int(instance[y, x])
+            if k == 0:
+                expected = palette[semantic[y, x]]
+            else:
+                expected = instance_shades(palette[class_ids[k - 1]][None], np.asarray([k]))[0]
+            assert np.array_equal(colors[y, x], expected), (y, x, k)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    painted = PanopticPainter(CONFIG.classes, threads=1).overlay(image, result, 0.35)
+    assert np.array_equal(painted, overlay(image, colors, 0.35))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (33, 64)])
@@ -110,7 +139,18 @@ def test_overlay_refuses_mismatched_shapes_and_bad_alpha():
         overlay(image, image, 1.5)
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.35, 0.5, 1.0])
+def test_add_scaled_floors_every_value_at_every_weight():
+    values = np.arange(256, dtype=np.uint8)
+    for weight in range(257):
+        total = np.zeros(256, np.uint8)
+        add_scaled(total, values, weight)
+        assert np.array_equal(total, values.astype(np.int64) * weight // 256), weight
+    start = np.full(256, 7, np.uint8)
+    add_scaled(start, values, 128)
+    assert np.array_equal(start, 7 + values // 2)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.35, 0.5, 0.75, 1.0])
 def test_painter_overlay_equals_overlay_of_the_colouring(alpha):
     rng = np.random.default_rng(1)
     result = two_cars()

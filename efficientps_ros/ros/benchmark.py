@@ -16,6 +16,7 @@ FASTDDS_BUILTIN_TRANSPORTS as its peers.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -64,10 +65,12 @@ def listen(seconds: float) -> None:
     import rclpy
     from rclpy.executors import ExternalShutdownException
     from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray
 
-    rclpy.init()
+    # SIGINT then interrupts the loop below, instead of shutting rclpy down under it.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("benchmark_listener")
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
     for name in OUTPUTS:
@@ -109,8 +112,12 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
         return times
     finally:
         if listener is not None:
-            listener.terminate()
-            listener.wait(10)
+            listener.send_signal(signal.SIGINT)
+            try:
+                listener.wait(10)
+            except subprocess.TimeoutExpired:
+                listener.kill()
+                listener.wait()
         node.destroy_node()
         rclpy.try_shutdown()
 
@@ -211,9 +218,12 @@ def _wait_for_subscribers(outputs, settings, timeout: float) -> None:
 
 
 def report(times: dict[str, list[float]], args: argparse.Namespace) -> str:
+    from .serialized_publish import direct_publishing
+
     lines = [
         f"node overhead at {args.height}x{args.width} {args.encoding}, {args.instances} instances, "
-        f"{args.frames} frames, all outputs",
+        f"{args.frames} frames, all outputs; images published through "
+        f"{'rcl from their own buffer' if direct_publishing() else 'rclpy'}",
         f"{'stage':20s} {'median ms':>10s} {'p95 ms':>10s}",
     ]
     rates = {name: times.pop(name) for name in (_rate_name(False), _rate_name(True)) if name in times}

@@ -20,6 +20,7 @@ from ..result import PanopticResult
 from ..visualize import PanopticPainter
 from . import messages
 from .params import OUTPUTS, NodeSettings, output_prefix
+from .serialized_publish import publish_serialized
 
 # Reliable keep-last-1 reaches rviz2's default subscriptions and never queues old frames.
 OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
@@ -108,7 +109,10 @@ class CameraOutputs:
 
     def send(self, built: dict[str, Any]) -> None:
         for name, message in built.items():
-            self._publishers[name].publish(message)
+            if isinstance(message, bytes):
+                publish_serialized(self._publishers[name], message)
+            else:
+                self._publishers[name].publish(message)
 
     def destroy(self) -> None:
         for publisher in (*self._publishers.values(), self._label_info):

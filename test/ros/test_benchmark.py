@@ -4,6 +4,8 @@ import re
 
 from efficientps_ros.ros.benchmark import report
 
+from .conftest import error_lines
+
 
 def test_the_report_gives_each_stage_and_the_frame_rates_with_their_ratio():
     args = argparse.Namespace(height=4, width=8, encoding="rgb8", instances=1, frames=3, model_ms=30.0)
@@ -30,3 +32,6 @@ def test_a_small_run_publishes_to_its_listener_and_times_the_pipeline_both_ways(
     assert set(periods) == {"frame, inline outputs", "frame, output thread"}, text
     # Each frame waits for the stand-in model: no path can be faster than it.
     assert all(float(ms) >= 20.0 for ms in periods.values()), text
+    assert "images published through rcl from their own buffer" in text
+    # The listener, stopped at the end, leaves no traceback in the output it shares.
+    assert not error_lines(result.stderr), result.stderr
