@@ -112,11 +112,16 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     amp: str = "off",
     loss_weights: dict[str, float] | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict[str, float]:
-    """One SGD step on the weighted sum of the losses; returns each loss and the gradient norm."""
+    """One SGD step on the weighted sum of the losses; returns each loss and the gradient norm.
+
+    `memory_format` is the images' layout, which should be the model's (see `Recipe.channels_last`).
+    """
     targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets]
+    images = batch.images.to(device, non_blocking=True, memory_format=memory_format)
     with torch.autocast(device.type, dtype=AMP_DTYPES.get(amp), enabled=amp != "off"):
-        losses = model(batch.images.to(device, non_blocking=True), batch.image_sizes, targets)
+        losses = model(images, batch.image_sizes, targets)
     weights = loss_weights or {}
     total = sum(weights.get(k, 1.0) * v.float() for k, v in losses.items())
     if not torch.isfinite(total):
@@ -215,6 +220,7 @@ class _Run:
         if recipe.amp == "fp16" and context.device.type != "cuda":
             raise ValueError("amp 'fp16' needs a CUDA device; use 'bf16' or 'off' on cpu")
         self.context, self.config, self.recipe = context, config, recipe
+        self.memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
         self.out, self.work_dir, self.save_dtype, self.progress = out, work_dir, save_dtype, progress
         self.train_data, self.val_data = _datasets(data, config, recipe)
         self.history: list[dict[str, float]] = []
@@ -230,7 +236,7 @@ class _Run:
             load_weights(self.model, load_checkpoint(init)[0], init)
         if backbone_weights is not None:
             load_backbone_weights(self.model.backbone, backbone_weights)
-        self.model.to(context.device).train()
+        self.model.to(context.device, memory_format=self.memory_format).train()
         self.optimizer, self.scheduler = make_optimizer(self.model, recipe)
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=recipe.amp == "fp16")
         start = self._resume(resume) if resume is not None else 0
@@ -265,7 +271,7 @@ class _Run:
             for step, batch in zip(range(start, recipe.steps), loader):
                 fetched = time.perf_counter()
                 values = train_step(self.net, self.optimizer, batch, self.context.device, recipe.clip,
-                                    self.scaler, recipe.amp, recipe.loss_weights)
+                                    self.scaler, recipe.amp, recipe.loss_weights, self.memory_format)
                 self.scheduler.step()
                 done = step + 1
                 values["data_time"] = fetched - tick
@@ -405,7 +411,7 @@ def _size(text: str) -> tuple[int, int]:
 # Flags that override a field of the recipe; None leaves the recipe's value.
 _RECIPE_FLAGS = (
     "steps", "batch_size", "image_size", "crop_size", "scales", "lr", "warmup", "clip", "seed", "log_every",
-    "val_every", "val_count", "checkpoint_every", "amp", "workers", "photometric",
+    "val_every", "val_count", "checkpoint_every", "amp", "workers", "photometric", "channels_last",
 )
 
 
@@ -441,6 +447,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     recipe.add_argument("--workers", type=int, help="data loader processes")
     recipe.add_argument("--photometric", action="store_true", default=None,
                         help="jitter brightness, contrast, saturation, hue")
+    recipe.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="train with NHWC activations (the recipe's default: on)")
     return parser.parse_args(argv)
 
 

@@ -48,6 +48,8 @@ class Recipe:
     clip: float = 10.0
     loss_weights: dict[str, float] = field(default_factory=lambda: {k: 1.0 for k in LOSS_TERMS})
     amp: str = "off"
+    # Activations in NHWC: about a tenth faster a step on this project's CPU, and the layout tensor cores want.
+    channels_last: bool = True
     seed: int = 0
     log_every: int = 20
     val_every: int = 200
