@@ -118,6 +118,15 @@ def mean_over_ranks(values: dict[str, float], context: DistContext) -> dict[str,
     return {k: float(v) / context.world_size for k, v in zip(keys, tensor.tolist())}
 
 
+def all_ranks(flag: bool, context: DistContext | None) -> bool:
+    """Whether `flag` holds on every process; alone, `flag` itself."""
+    if context is None or not context.distributed:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=_collective_device(context))
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return bool(tensor.item())
+
+
 def gather_tensor(tensor: torch.Tensor, context: DistContext) -> list[torch.Tensor]:
     """`tensor` of every rank, in rank order (same shape and dtype on all of them)."""
     if not context.distributed:

@@ -39,6 +39,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .data.targets import Batch
 from .distributed import (
     DistContext,
+    all_ranks,
     barrier,
     broadcast_buffers,
     init_distributed,
@@ -59,7 +60,7 @@ from .training.batches import (
     val_seeds,
     validation_scenes,
 )
-from .training.recipe import Recipe, load_recipe, lr_factor, recipe_from_dict, recipe_lr_factor
+from .training.recipe import LOSS_TERMS, Recipe, load_recipe, lr_factor, recipe_from_dict, recipe_lr_factor
 from .training.run_log import RunLog, plot_curves
 from .training.sampler import ShardedSampler
 from .training.state import (
@@ -113,34 +114,70 @@ def train_step(
     amp: str = "off",
     loss_weights: dict[str, float] | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
+    context: DistContext | None = None,
 ) -> dict[str, float]:
-    """One SGD step on the weighted sum of the losses; returns each loss and the gradient norm.
+    """One SGD step on the weighted sum of the losses; returns each loss, the gradient norm and `skipped`.
 
-    `memory_format` is the images' layout, which should be the model's (see `Recipe.channels_last`).
+    A step whose loss or gradient is not finite changes nothing: no update, and
+    the batch-norm statistics its forward pass moved are put back. Under DDP the
+    ranks decide together, so their weights stay the same. `memory_format` is
+    the images' layout, which should be the model's (see `Recipe.channels_last`).
     """
     targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets]
     images = batch.images.to(device, non_blocking=True, memory_format=memory_format)
+    buffers = [b.detach().clone() for b in model.buffers()]
     with torch.autocast(device.type, dtype=AMP_DTYPES.get(amp), enabled=amp != "off"):
         losses = model(images, batch.image_sizes, targets)
     weights = loss_weights or {}
     total = sum(weights.get(k, 1.0) * v.float() for k, v in losses.items())
-    if not torch.isfinite(total):
-        raise FloatingPointError(f"non-finite loss: { {k: float(v) for k, v in losses.items()} }")
     optimizer.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
+    scaled = scaler is not None and scaler.is_enabled()
+    if scaled:
         scaler.scale(total).backward()
         scaler.unscale_(optimizer)  # the clipping limit is for the true gradient
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
-        scaler.step(optimizer)
-        scaler.update()
     else:
         total.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
+    finite = all_ranks(bool(torch.isfinite(total.detach()) and torch.isfinite(grad_norm)), context)
+    if finite and scaled:
+        scaler.step(optimizer)
+    elif finite:
         optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in zip(model.buffers(), buffers):
+                buffer.copy_(saved)
+    if scaled:
+        scaler.update()  # after a skip, a smaller scale for the next step
     values = {k: float(v.detach()) for k, v in losses.items()}
     values["loss"] = float(total.detach())
     values["grad_norm"] = float(grad_norm)
+    values["skipped"] = 0.0 if finite else 1.0
     return values
+
+
+class _Window:
+    """The steps between two log lines: the means of those taken, the count of those skipped."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.taken = 0
+        self.skipped = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        if values["skipped"]:
+            self.skipped += 1
+            return
+        self.taken += 1
+        self.sums = {k: self.sums.get(k, 0.0) + v for k, v in values.items() if k != "skipped"}
+
+    def means(self) -> dict[str, float]:
+        # A window of skipped steps only still writes every column, as NaN.
+        keys = self.sums or dict.fromkeys(LOSS_TERMS + ("loss", "grad_norm", "data_time", "step_time"))
+        means = {k: self.sums[k] / self.taken if self.taken else math.nan for k in keys}
+        means["skipped"] = float(self.skipped)
+        return means
 
 
 def best_path(out: Path) -> Path:
@@ -225,6 +262,7 @@ class _Run:
         self.train_data, self.val_data = _datasets(data, config, recipe)
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
+        self.skipped_steps = self.skipped_in_row = 0
         self.log = RunLog(work_dir) if context.is_main else None
 
     def run(self, init: str | Path | None, backbone_weights: str | Path | None, resume: str | Path | None) -> TrainResult:
@@ -256,6 +294,8 @@ class _Run:
         restore_rng(state.rng, self.context)
         self.history = list(state.info.get("history", []))
         self.best = state.info.get("best")
+        self.skipped_steps = state.info.get("skipped_steps", 0)
+        self.skipped_in_row = state.info.get("skipped_in_row", 0)
         log.info("resumed %s at step %d of %d", path, state.iteration, self.recipe.steps)
         return state.iteration
 
@@ -263,7 +303,7 @@ class _Run:
         recipe, main = self.recipe, self.context.is_main
         bar = tqdm(total=recipe.steps, initial=start, unit="it", dynamic_ncols=True,
                    disable=not (self.progress and main), desc="train")
-        running: dict[str, float] = {}
+        window = _Window()
         self.timing = {"data": 0.0, "total": 0.0, "steps": 0}
         done = start
         tick = time.perf_counter()
@@ -271,16 +311,18 @@ class _Run:
             for step, batch in zip(range(start, recipe.steps), loader):
                 fetched = time.perf_counter()
                 values = train_step(self.net, self.optimizer, batch, self.context.device, recipe.clip,
-                                    self.scaler, recipe.amp, recipe.loss_weights, self.memory_format)
+                                    self.scaler, recipe.amp, recipe.loss_weights, self.memory_format,
+                                    self.context)
                 self.scheduler.step()
                 done = step + 1
                 values["data_time"] = fetched - tick
                 values["step_time"] = time.perf_counter() - fetched
                 self._time(values)
-                running = {k: running.get(k, 0.0) + v for k, v in values.items()}
+                self._count_skip(done, values)
+                window.add(values)
                 if done % recipe.log_every == 0 or done == recipe.steps:
-                    self._log_train(done, running, bar)
-                    running = {}
+                    self._log_train(done, window.means(), bar)
+                    window = _Window()
                 bar.update(1)
                 if done % recipe.checkpoint_every == 0 or done == recipe.steps:
                     self._save_state(done)
@@ -298,6 +340,22 @@ class _Run:
             bar.close()
         return done
 
+    def _count_skip(self, done: int, values: dict[str, float]) -> None:
+        if not values["skipped"]:
+            self.skipped_in_row = 0
+            return
+        self.skipped_steps += 1
+        self.skipped_in_row += 1
+        limit = self.recipe.max_skipped_steps
+        losses = {k: round(v, 4) for k, v in values.items() if k.startswith("loss")}
+        log.warning("step %d skipped: a loss or the gradient is not finite (losses %s, gradient norm %s); "
+                    "%d in a row, the limit is %d", done, losses, values["grad_norm"], self.skipped_in_row, limit)
+        if self.skipped_in_row > limit:
+            raise FloatingPointError(
+                f"{self.skipped_in_row} steps in a row up to step {done} had a non-finite loss or gradient "
+                f"(max_skipped_steps {limit}); the last losses: {losses}"
+            )
+
     def _time(self, values: dict[str, float]) -> None:
         # The first step pays for start-up (allocator, cuDNN autotuning); rates leave it out.
         self.timing["steps"] += 1
@@ -305,9 +363,8 @@ class _Run:
             self.timing["data"] += values["data_time"]
             self.timing["total"] += values["data_time"] + values["step_time"]
 
-    def _log_train(self, done: int, running: dict[str, float], bar: tqdm) -> None:
-        count = self.recipe.log_every if done % self.recipe.log_every == 0 else done % self.recipe.log_every
-        means = mean_over_ranks({k: v / count for k, v in running.items()}, self.context)
+    def _log_train(self, done: int, means: dict[str, float], bar: tqdm) -> None:
+        means = mean_over_ranks(means, self.context)
         means["lr"] = self.scheduler.get_last_lr()[0]
         if self.log is None:
             return
@@ -315,8 +372,9 @@ class _Run:
         terms = {k.removeprefix("loss_"): f"{v:.3f}" for k, v in means.items() if k.startswith("loss")}
         bar.set_postfix(terms, refresh=False)
         if not self.progress:
-            log.info("step %d/%d %s lr %.5f", done, self.recipe.steps,
-                     " ".join(f"{k} {v}" for k, v in terms.items()), means["lr"])
+            skipped = f" skipped {means['skipped']:.0f}" if means["skipped"] else ""
+            log.info("step %d/%d %s lr %.5f%s", done, self.recipe.steps,
+                     " ".join(f"{k} {v}" for k, v in terms.items()), means["lr"], skipped)
 
     def _save_state(self, done: int) -> None:
         rng = capture_rng(self.context)  # every rank takes part
@@ -326,6 +384,8 @@ class _Run:
             "sampler": self.sampler.state(done),
             "history": self.history,
             "best": self.best,
+            "skipped_steps": self.skipped_steps,
+            "skipped_in_row": self.skipped_in_row,
             "recipe": self.recipe.to_dict(),
             "config": self.config.to_dict(),
             "world_size": self.context.world_size,
@@ -387,6 +447,7 @@ class _Run:
             "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
             "torch": torch.__version__,
             "amp": self.recipe.amp,
+            "skipped_steps": self.skipped_steps,
             "best": self.best,
         }
         (self.work_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -412,6 +473,7 @@ def _size(text: str) -> tuple[int, int]:
 _RECIPE_FLAGS = (
     "steps", "batch_size", "image_size", "crop_size", "scales", "lr", "warmup", "clip", "seed", "log_every",
     "val_every", "val_count", "checkpoint_every", "amp", "workers", "photometric", "channels_last",
+    "max_skipped_steps",
 )
 
 
@@ -438,6 +500,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     recipe.add_argument("--lr", type=float)
     recipe.add_argument("--warmup", type=int)
     recipe.add_argument("--clip", type=float, help="gradient norm limit")
+    recipe.add_argument("--max-skipped-steps", type=int, help="non-finite steps in a row that stop the run")
     recipe.add_argument("--seed", type=int)
     recipe.add_argument("--log-every", type=int)
     recipe.add_argument("--val-every", type=int)
@@ -470,6 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input of every kind (recipe, config, checkpoint, dataset, device) names itself here.
         print(f"efficientps train: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:
+        print(f"efficientps train: {exc}; resume from the last checkpoint in the run directory, "
+              "perhaps with a lower --lr", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -134,10 +134,25 @@ def _train_one_step_where_one_rank_has_no_things(context) -> None:
         scene.semantic[scene.semantic >= config.num_stuff] = 0
     optimizer, _ = make_optimizer(net, Recipe(lr=0.01, steps=2, warmup=0))
     for _ in range(2):
-        values = train_step(net, optimizer, collate([scene], config), context.device, 10.0)
+        values = train_step(net, optimizer, collate([scene], config), context.device, 10.0, context=context)
     assert (values["loss_mask"] == 0.0) == (context.rank == 1), values
     broadcast_buffers(net, context)
     assert replica_mismatches(net, context) == []
+    _skip_a_step_that_one_rank_finds_non_finite(net, optimizer, collate([scene], config), context)
+
+
+def _skip_a_step_that_one_rank_finds_non_finite(net, optimizer, batch, context) -> None:
+    from efficientps_ros.distributed import all_ranks
+    from efficientps_ros.train import train_step
+
+    assert all_ranks(True, context) and not all_ranks(context.rank == 0, context)
+    before = {k: v.clone() for k, v in net.module.state_dict().items()}
+    if context.rank == 1:
+        batch.images[:, :, :4] = float("nan")
+    values = train_step(net, optimizer, batch, context.device, 10.0, context=context)
+    assert values["skipped"] == 1.0, values
+    after = net.module.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 """The training loop: schedule, seeds, an overfit check, checkpoints the predictor loads, exact resumption."""
+import csv
+import json
+import logging
+import math
+
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
 from efficientps_ros.data.synthetic import street_scene
-from efficientps_ros.data.targets import collate
+from efficientps_ros.data.targets import Batch, collate
 from efficientps_ros.model import build_model, load_config
 from efficientps_ros.model.checkpoint import load_checkpoint, load_weights
 from efficientps_ros.predictor import Predictor, default_checkpoint
@@ -273,7 +278,7 @@ def test_a_channels_last_step_computes_the_contiguous_one():
 
 def test_the_layout_is_a_recipe_setting_with_a_flag(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(train_module, "train_step", lambda *args: seen.append(args[-1]) or _FAKE_VALUES)
+    monkeypatch.setattr(train_module, "train_step", lambda *args: seen.append(args[8]) or dict(_FAKE_VALUES))
     argv = ["--steps", "1", "--batch-size", "1", "--image-size", "64x128", "--val-count", "1", "--device", "cpu"]
     assert main([*argv, "--out", str(tmp_path / "a.safetensors")]) == 0
     assert main([*argv, "--no-channels-last", "--out", str(tmp_path / "b.safetensors")]) == 0
@@ -281,4 +286,96 @@ def test_the_layout_is_a_recipe_setting_with_a_flag(tmp_path, monkeypatch):
     assert Recipe().channels_last
 
 
-_FAKE_VALUES = {"loss": 1.0, "grad_norm": 1.0, "loss_semantic": 1.0}
+_FAKE_VALUES = {"loss": 1.0, "grad_norm": 1.0, "loss_semantic": 1.0, "skipped": 0.0}
+
+
+class _Toy(torch.nn.Module):
+    """A network with batch-norm statistics whose loss or gradient a test can poison."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.norm = torch.nn.BatchNorm2d(4)
+        self.poison_gradient = False
+
+    def forward(self, images, sizes, targets):
+        out = self.norm(self.conv(images))
+        if self.poison_gradient:
+            out.register_hook(lambda grad: torch.full_like(grad, math.nan))
+        return {"loss_semantic": out.square().mean()}
+
+
+def _toy_step(model, images):
+    batch = Batch(images, [tuple(images.shape[-2:])] * len(images), [{}] * len(images))
+    return train_step(model, model.optimizer, batch, torch.device("cpu"), 10.0)
+
+
+def _toy():
+    torch.manual_seed(0)
+    model = _Toy().train()
+    model.optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _toy_step(model, torch.randn(2, 3, 8, 8))  # momentum buffers and moved statistics to guard
+    return model
+
+
+def _state(model):
+    momenta = [model.optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    return {k: v.clone() for k, v in model.state_dict().items()}, momenta
+
+
+@pytest.mark.parametrize("poison", ["loss", "gradient"])
+def test_a_non_finite_step_changes_no_weight_statistic_or_momentum(poison):
+    model = _toy()
+    before, momenta = _state(model)
+    images = torch.randn(2, 3, 8, 8)
+    if poison == "loss":
+        images[0, 0, 0, 0] = math.nan
+    model.poison_gradient = poison == "gradient"
+    values = _toy_step(model, images)
+    assert values["skipped"] == 1.0
+    after, after_momenta = _state(model)
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    assert all(torch.equal(a, b) for a, b in zip(momenta, after_momenta))
+    # The next good step is taken, and moves the weights and the statistics.
+    model.poison_gradient = False
+    assert _toy_step(model, torch.randn(2, 3, 8, 8))["skipped"] == 0.0
+    assert not torch.equal(model.conv.weight, before["conv.weight"])
+    assert not torch.equal(model.norm.running_mean, before["norm.running_mean"])
+
+
+def _poisoning(monkeypatch, calls):
+    """train_step, with NaN rows in the images on the calls numbered in `calls` (from 1)."""
+    real_step, seen = train_module.train_step, []
+
+    def step(model, optimizer, batch, *args, **kwargs):
+        seen.append(1)
+        if len(seen) in calls:
+            images = batch.images.clone()
+            images[:, :, :4] = math.nan  # as a diverged network's features: NaN boxes, NaN losses
+            batch = Batch(images, batch.image_sizes, batch.targets)
+        return real_step(model, optimizer, batch, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", step)
+
+
+def test_a_run_skips_a_non_finite_step_logs_it_and_goes_on(tmp_path, monkeypatch, caplog):
+    _poisoning(monkeypatch, {2})
+    out = tmp_path / "skip.safetensors"
+    with caplog.at_level(logging.WARNING, logger=train_module.log.name):
+        result = train("small", out, **{**_SHORT, "log_every": 2})
+    assert result.iteration == 4
+    assert [r.message for r in caplog.records if "skipped" in r.message][0].startswith("step 2 skipped")
+    rows = list(csv.DictReader((result.work_dir / "metrics.csv").open()))
+    assert [float(r["skipped"]) for r in rows] == [1.0, 0.0]
+    assert math.isfinite(float(rows[0]["loss"]))  # the mean of the step taken
+    assert json.loads((result.work_dir / "summary.json").read_text())["skipped_steps"] == 1
+    assert all(torch.isfinite(w).all() for w in _weights(out).values())
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_the_run_by_name(tmp_path, monkeypatch, capsys):
+    _poisoning(monkeypatch, {1, 2, 3})
+    argv = ["--steps", "4", "--batch-size", "1", "--image-size", "64x128", "--val-count", "1", "--device", "cpu",
+            "--max-skipped-steps", "2", "--no-progress", "--out", str(tmp_path / "bad.safetensors")]
+    assert main(argv) == 1
+    message = capsys.readouterr().err
+    assert "3 steps in a row up to step 3" in message and "max_skipped_steps 2" in message

@@ -49,9 +49,13 @@ def multilevel_legacy_roi_align(
     """`[K, C, S, S]`: RoI `k` of `rois` `[K, 5]` read from `features[levels[k]]` at `spatial_scales[levels[k]]`.
 
     One kernel call per level and kind of RoI (at least a feature pixel, or
-    under one), in the order of the RoIs at the end.
+    under one), in the order of the RoIs at the end. A RoI with a NaN or
+    infinite coordinate gets NaN features.
     """
-    rois = rois.float()
+    # torchvision sizes its sampling grid from the RoI, and a non-finite one crashes
+    # the process; such a RoI is read as an empty box and its features then poisoned.
+    broken = ~torch.isfinite(rois).all(dim=1)
+    rois = rois.float().masked_fill(broken[:, None], 0.0)
     scales = torch.tensor(spatial_scales, dtype=torch.float32, device=rois.device)[levels, None]
     ends = rois[:, 3:5] + 1.0  # rounded to float32 before it is scaled, as the kernel does
     sub_pixel = (ends * scales - rois[:, 1:3] * scales < 1.0).any(dim=1)
@@ -68,7 +72,8 @@ def multilevel_legacy_roi_align(
         pooled.append(roi_align(features[level], boxes, output_size, scale, sampling_ratio, aligned=bool(is_narrow)))
     if not pooled:
         return features[0].new_zeros(0, features[0].shape[1], output_size, output_size)
-    return torch.cat(pooled).index_select(0, torch.argsort(order))
+    pooled = torch.cat(pooled).index_select(0, torch.argsort(order))
+    return pooled.masked_fill(broken[:, None, None, None], float("nan"))
 
 
 def aligned_equivalent(rois: Tensor, spatial_scale: float | Tensor) -> Tensor:

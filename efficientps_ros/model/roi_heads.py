@@ -28,7 +28,8 @@ def roi_levels(boxes: Tensor, finest_scale: float, num_levels: int) -> Tensor:
     """FPN level `[K]` (0 = finest) each box's features are read from."""
     scale = torch.sqrt((boxes[:, 2] - boxes[:, 0] + 1.0) * (boxes[:, 3] - boxes[:, 1] + 1.0))
     levels = torch.floor(torch.log2(scale / finest_scale + 1e-6))
-    return levels.clamp(0, num_levels - 1).long()
+    # A diverged network's NaN box must still index a level, so that its step ends in a NaN loss, not a crash.
+    return levels.nan_to_num(0.0).clamp(0, num_levels - 1).long()
 
 
 def roi_features(

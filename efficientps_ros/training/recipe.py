@@ -46,6 +46,10 @@ class Recipe:
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     clip: float = 10.0
+    # A step with a non-finite loss or gradient is skipped; this many in a row stop
+    # the run. The fp16 scaler halves its scale at each skip, so 16 take it from
+    # 2^16 to 1, past any overflow it can cure. 0 stops at the first.
+    max_skipped_steps: int = 16
     loss_weights: dict[str, float] = field(default_factory=lambda: {k: 1.0 for k in LOSS_TERMS})
     amp: str = "off"
     # Activations in NHWC: about a tenth faster a step on this project's CPU, and the layout tensor cores want.
@@ -161,7 +165,7 @@ def _check(recipe: Recipe) -> None:
     for name in positive:
         if getattr(recipe, name) < 1:
             raise ValueError(f"{name}: expected at least 1, got {getattr(recipe, name)}")
-    for name in ("val_count", "warmup", "workers", "seed"):
+    for name in ("val_count", "warmup", "workers", "seed", "max_skipped_steps"):
         if getattr(recipe, name) < 0:
             raise ValueError(f"{name}: expected 0 or more, got {getattr(recipe, name)}")
     if recipe.schedule not in SCHEDULES:

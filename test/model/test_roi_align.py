@@ -148,6 +148,15 @@ def test_no_rois():
     assert legacy_roi_align(torch.randn(1, 2, 8, 8), torch.zeros(0, 5), OUTPUT, 0.25, SAMPLES).shape == (0, 2, 7, 7)
 
 
+def test_a_non_finite_roi_gets_nan_features_and_the_others_theirs():
+    features = torch.randn(1, 2, 16, 16)
+    good = torch.tensor([[0.0, 8.0, 8.0, 9.0, 30.0], [0.0, 20.0, 20.0, 50.0, 50.0]])
+    broken = torch.tensor([[0.0, float("nan"), 4.0, 9.0, 9.0], [0.0, 0.0, 0.0, float("inf"), 9.0]])
+    pooled = legacy_roi_align(features, torch.cat([good[:1], broken, good[1:]]), OUTPUT, 0.25, SAMPLES)
+    assert pooled[1:3].isnan().all()
+    assert torch.equal(pooled[[0, 3]], legacy_roi_align(features, good, OUTPUT, 0.25, SAMPLES))
+
+
 def test_each_roi_is_read_from_its_own_level_in_the_rois_order():
     generator = torch.Generator().manual_seed(3)
     features = [torch.randn(2, 3, 160 // s, 224 // s, generator=generator) for s in STRIDES]

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -26,6 +28,12 @@ def test_levels_follow_box_size_relative_to_finest_scale():
     boxes = torch.tensor([_square(s) for s in (20, 55, 111, 112, 224, 447, 448, 2000)])
     # floor(log2(side / 56)), clamped to 0..3.
     assert roi_levels(boxes, 56.0, 4).tolist() == [0, 0, 0, 1, 2, 2, 3, 3]
+
+
+def test_a_nan_box_still_gets_a_level():
+    # A diverged step's boxes are NaN; they must reach a NaN loss the trainer skips, not an index error.
+    boxes = torch.tensor([[0.0, 0.0, math.nan, 10.0], _square(448)])
+    assert roi_levels(boxes, 56.0, 4).tolist() == [0, 3]
 
 
 def test_features_come_from_each_box_level():
