@@ -13,6 +13,9 @@
 # its own time limit, and the whole script ends within BUDGET seconds.
 #
 # On the CPU, to try it: DEVICE=cpu CONFIG=small HEIGHT=64 WIDTH=128 FRAMES=2 scripts/gpu_bench.sh
+# PARTS lists the parts as BATCH:COMPILE:SECONDS; ROS=off leaves the ROS
+# stages out where rclpy is installed. The exit status is 1 when a part
+# failed or ran out of time, 0 otherwise.
 set -uo pipefail
 
 OUT=${OUT:-outputs/gpu_bench}
@@ -27,6 +30,9 @@ BUDGET=${BUDGET:-360}
 # fusion can get.
 SCORE=${SCORE:-0.05}
 PYTHON=${PYTHON:-python3}
+ROS=${ROS:-auto}
+# The eager parts first: they are quick and they are what a node gets by default.
+PARTS=${PARTS:-1:0:90 2:0:90 1:1:150 2:1:120}
 if [ "$DEVICE" = cpu ]; then PRECISIONS=${PRECISIONS:-bf16}; else PRECISIONS=${PRECISIONS:-fp16 bf16}; fi
 
 mkdir -p "$OUT"
@@ -35,6 +41,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # Compiled graphs are cached here, so a second run on the same machine skips compilation.
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/efficientps_inductor}
 START=$SECONDS
+FAILED=0
 
 {
     date -u +"%Y-%m-%dT%H:%M:%SZ"
@@ -48,6 +55,7 @@ bench() {
     if [ "$limit" -gt "$left" ]; then limit=$left; fi
     if [ "$limit" -lt 20 ]; then
         echo "skipped: batch $batch, compile $compile (no time left)" | tee -a "$LOG"
+        FAILED=1
         return
     fi
     echo "== batch $batch, compile $compile, at most $limit s" | tee -a "$LOG"
@@ -58,7 +66,7 @@ from efficientps_ros.bench import run_variants
 batch, compile = int(sys.argv[1]), sys.argv[2] == "1"
 args = argparse.Namespace(config="$CONFIG", checkpoint=None, device="$DEVICE", precision="fp32", height=$HEIGHT,
                           width=$WIDTH, batch=batch, frames=$FRAMES, warmup=3, compile=compile,
-                          score_threshold=$SCORE, ros="auto", json=None)
+                          score_threshold=$SCORE, ros="$ROS", json=None)
 
 def save(report):
     with open("$OUT/bench.jsonl", "a") as out:
@@ -66,12 +74,14 @@ def save(report):
 
 run_variants(args, [(precision, compile) for precision in "$PRECISIONS".split()], save)
 PY
-    echo "== exit status ${PIPESTATUS[0]} after $((SECONDS - START)) s" | tee -a "$LOG"
+    local status=${PIPESTATUS[0]}
+    echo "== exit status $status after $((SECONDS - START)) s" | tee -a "$LOG"
+    if [ "$status" -ne 0 ]; then FAILED=1; fi
 }
 
-# The eager variants first: they are quick and they are what a node gets by default.
-bench 1 0 90
-bench 2 0 90
-bench 1 1 150
-bench 2 1 120
+for part in $PARTS; do
+    IFS=: read -r batch compile limit <<<"$part"
+    bench "$batch" "$compile" "$limit"
+done
 echo "done in $((SECONDS - START)) s; results in $OUT/bench.jsonl" | tee -a "$LOG"
+exit $FAILED

@@ -1,5 +1,9 @@
 import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +12,7 @@ from efficientps_ros.ros import bench_messages
 from efficientps_ros.bench import run_bench
 from efficientps_ros.bench_stages import MODEL_STAGES, ROS_STAGES, STAGES
 
+GPU_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_bench.sh"
 REQUIRED = {
     "config", "height", "width", "batch", "device", "device_name", "precision", "torch_version", "compiled",
     "stages", "total_ms", "fps", "eager_fp32_total_ms", "speedup_vs_eager", "semantic_agreement_vs_eager",
@@ -144,3 +149,33 @@ def test_variants_share_one_plain_network_whose_frames_alternate_with_theirs(tmp
     assert built == [False, True, True]
     assert framed == ["plain", "variant"] * 6
     assert all(r["frames"] == 2 and len(r["eager_fp32_stages"]) == 7 for r in reports)
+
+
+def _gpu_script(out: Path, parts: str) -> subprocess.CompletedProcess:
+    """scripts/gpu_bench.sh as the GPU machine runs it (no ROS), on the CPU at a tiny size."""
+    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "CONFIG": "small", "HEIGHT": "64", "WIDTH": "128",
+           "FRAMES": "1", "ROS": "off", "PARTS": parts, "PYTHON": sys.executable}
+    return subprocess.run(["bash", str(GPU_SCRIPT)], env=env, cwd=GPU_SCRIPT.parents[1], capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_the_gpu_script_writes_a_report_per_part(tmp_path):
+    # A GPU machine is lent rarely and briefly: the script must work the first time it meets one.
+    done = _gpu_script(tmp_path, "1:0:400 2:0:400")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    reports = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    assert [(r["batch"], r["compiled"], r["precision"], r["device"]) for r in reports] == [
+        (1, False, "bf16", "cpu"), (2, False, "bf16", "cpu")]
+    for report in reports:
+        assert REQUIRED <= set(report) and report["config"] == "small"
+        assert set(report["absent_stages"]) == set(ROS_STAGES)
+    log = (tmp_path / "bench.log").read_text()
+    assert log.count("== exit status 0 ") == 2
+    assert any(line.startswith("python ") and " torch " in line for line in log.splitlines())
+
+
+def test_the_gpu_script_fails_when_a_part_gets_no_time(tmp_path):
+    done = _gpu_script(tmp_path, "1:0:5")
+    assert done.returncode == 1
+    assert "skipped: batch 1, compile 0 (no time left)" in (tmp_path / "bench.log").read_text()
+    assert not (tmp_path / "bench.jsonl").exists()
