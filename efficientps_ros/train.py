@@ -68,6 +68,7 @@ from .training.state import (
     capture_rng,
     checkpoint_stem,
     load_training_state,
+    prune_checkpoints,
     read_training_info,
     restore_rng,
     save_training_state,
@@ -392,6 +393,8 @@ class _Run:
         }
         stem = checkpoint_stem(self.work_dir / "checkpoints", done)
         save_training_state(stem, self.model, self.optimizer, self.scheduler, self.scaler, TrainingState(done, rng, info))
+        if self.recipe.keep_checkpoints:
+            prune_checkpoints(stem.parent, self.recipe.keep_checkpoints)
 
     def _validate(self, done: int) -> None:
         if self.context.is_main:
@@ -472,8 +475,8 @@ def _size(text: str) -> tuple[int, int]:
 # Flags that override a field of the recipe; None leaves the recipe's value.
 _RECIPE_FLAGS = (
     "steps", "batch_size", "image_size", "crop_size", "scales", "lr", "warmup", "clip", "seed", "log_every",
-    "val_every", "val_count", "checkpoint_every", "amp", "workers", "photometric", "channels_last",
-    "max_skipped_steps",
+    "val_every", "val_count", "checkpoint_every", "keep_checkpoints", "amp", "workers", "photometric",
+    "channels_last", "max_skipped_steps",
 )
 
 
@@ -506,6 +509,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     recipe.add_argument("--val-every", type=int)
     recipe.add_argument("--val-count", type=int)
     recipe.add_argument("--checkpoint-every", type=int)
+    recipe.add_argument("--keep-checkpoints", type=int, help="training checkpoints kept, the newest (0: all)")
     recipe.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision of the forward pass")
     recipe.add_argument("--workers", type=int, help="data loader processes")
     recipe.add_argument("--photometric", action="store_true", default=None,

@@ -110,6 +110,15 @@ def test_the_command_line_stores_half_precision_weights_that_load_into_fp32(tmp_
     assert predictor.predict(street_scene(64, 128, seed=1).image).semantic.shape == (64, 128)
 
 
+def test_the_command_line_keeps_only_the_newest_training_checkpoints(tmp_path):
+    out = tmp_path / "kept.safetensors"
+    argv = ["--steps", "3", "--batch-size", "1", "--image-size", "64x128", "--out", str(out), "--val-count", "1",
+            "--checkpoint-every", "1", "--keep-checkpoints", "2", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    kept = sorted(p.name for p in (tmp_path / "kept.run" / "checkpoints").iterdir())
+    assert kept == ["iter_0000002.json", "iter_0000002.safetensors", "iter_0000003.json", "iter_0000003.safetensors"]
+
+
 # Four steps with a save after the second; validation only at the end.
 _SHORT = dict(steps=4, batch_size=1, image_size=(64, 128), lr=0.01, device="cpu", val_count=1,
               checkpoint_every=2, progress=False, scales=(0.75, 1.0), photometric=True)

@@ -59,6 +59,8 @@ class Recipe:
     val_every: int = 200
     val_count: int = 8
     checkpoint_every: int = 500
+    # Training checkpoints kept on disk, the newest; 0 keeps them all.
+    keep_checkpoints: int = 0
     workers: int = 0
 
     def __post_init__(self) -> None:
@@ -165,7 +167,7 @@ def _check(recipe: Recipe) -> None:
     for name in positive:
         if getattr(recipe, name) < 1:
             raise ValueError(f"{name}: expected at least 1, got {getattr(recipe, name)}")
-    for name in ("val_count", "warmup", "workers", "seed", "max_skipped_steps"):
+    for name in ("val_count", "warmup", "workers", "seed", "max_skipped_steps", "keep_checkpoints"):
         if getattr(recipe, name) < 0:
             raise ValueError(f"{name}: expected 0 or more, got {getattr(recipe, name)}")
     if recipe.schedule not in SCHEDULES:

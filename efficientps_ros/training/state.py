@@ -78,6 +78,20 @@ def save_training_state(
     return stem.with_suffix(".json")
 
 
+def prune_checkpoints(directory: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints in `directory`; returns the stems deleted.
+
+    The JSON goes first: a checkpoint without it is never taken for a whole one,
+    so an interruption halfway leaves only a stray tensor file.
+    """
+    stems = sorted(path.with_suffix("") for path in directory.glob("iter_*.json"))
+    doomed = stems[:-keep] if keep > 0 else []
+    for stem in doomed:
+        for suffix in (".json", ".safetensors"):
+            stem.with_suffix(suffix).unlink(missing_ok=True)
+    return doomed
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """The stem of a checkpoint given as its .json, its .safetensors, or a directory (the latest in it)."""
     path = Path(path)

@@ -45,6 +45,7 @@ def test_the_cpu_recipe_loads():
         ("loss_weights: {loss_depth: 1.0}\n", "loss_weights: unknown terms \\['loss_depth'\\]"),
         ("milestones: [300, 100]\n", "milestones: expected increasing steps"),
         ("max_skipped_steps: -1\n", "max_skipped_steps: expected 0 or more, got -1"),
+        ("keep_checkpoints: -2\n", "keep_checkpoints: expected 0 or more, got -2"),
         ("- a list\n", "expected a mapping at the top level"),
     ],
 )

@@ -12,6 +12,7 @@ from efficientps_ros.training.state import (
     capture_rng,
     checkpoint_stem,
     load_training_state,
+    prune_checkpoints,
     resolve_checkpoint,
     restore_rng,
     save_training_state,
@@ -64,6 +65,21 @@ def test_the_files_are_json_and_safetensors_and_any_of_them_finds_the_checkpoint
     assert (tmp_path / "iter_0000010.safetensors").read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
     assert resolve_checkpoint(tmp_path) == tmp_path / "iter_0000010"
     assert resolve_checkpoint(tmp_path / "iter_0000005.safetensors") == tmp_path / "iter_0000005"
+
+
+def test_pruning_keeps_the_newest_whole_checkpoints(tmp_path):
+    model, optimizer, scheduler, scaler = _setup(0)
+    for iteration in (5, 10, 100, 1000):
+        save_training_state(checkpoint_stem(tmp_path, iteration), model, optimizer, scheduler, scaler,
+                            TrainingState(iteration, capture_rng(DistContext())))
+    (tmp_path / "iter_0002000.safetensors").write_bytes(b"half written")  # no JSON: not a checkpoint
+    deleted = prune_checkpoints(tmp_path, 2)
+    assert deleted == [tmp_path / "iter_0000005", tmp_path / "iter_0000010"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "iter_0000100.json", "iter_0000100.safetensors", "iter_0001000.json", "iter_0001000.safetensors",
+        "iter_0002000.safetensors"]
+    assert resolve_checkpoint(tmp_path) == tmp_path / "iter_0001000"
+    assert prune_checkpoints(tmp_path, 0) == [] and prune_checkpoints(tmp_path, 5) == []
 
 
 def test_broken_checkpoints_are_refused_by_name(tmp_path):
