@@ -123,6 +123,21 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import build_model
+    from .model.checkpoint import save_checkpoint
+    from .training.averaging import average_weights
+
+    weights, config = average_weights(args.checkpoints)
+    model = build_model(config)
+    model.load_state_dict(weights)
+    path = save_checkpoint(model, config, args.out, dtype=torch.float16 if args.fp16 else None)
+    print(f"wrote {path}: the mean of {len(args.checkpoints)} checkpoints")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .model.config import parse_size
     from .ros.bag.synth import DriveOptions
@@ -274,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("out")
     convert.add_argument("--dataset", default="cityscapes", choices=["cityscapes", "kitti"])
     convert.set_defaults(func=cmd_convert_official)
+
+    average = sub.add_parser("average", help="the mean of the weights of several checkpoints of one run")
+    average.add_argument("checkpoints", nargs="+",
+                         help="training checkpoints (iter_*.json or .safetensors) or inference checkpoints")
+    average.add_argument("--out", required=True, help="inference checkpoint to write (.safetensors)")
+    average.add_argument("--fp16", action="store_true", help="store the weights in half precision")
+    average.set_defaults(func=cmd_average)
 
     demo = sub.add_parser("demo", help="a synthetic drive bag played into the node, its outputs recorded")
     demo.add_argument("--seconds", type=float, default=6.0, help="length of the drive")
