@@ -53,7 +53,7 @@ def average_weights(paths: Sequence[str | Path]) -> tuple[dict[str, torch.Tensor
             raise CheckpointError(f"{path}: its config differs from that of {paths[0]}; only one model's weights average")
         problems = state_dict_mismatch(first, weights)
         if problems:
-            raise CheckpointError(f"{path}: its tensors differ from those of {paths[0]}: {problems}")
+            raise CheckpointError(f"{path}, against {paths[0]}: {problems}")
         for key, value in weights.items():
             total[key] = total[key] + value.double() if value.is_floating_point() else value
     mean = {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
