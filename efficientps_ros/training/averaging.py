@@ -50,7 +50,9 @@ def average_weights(paths: Sequence[str | Path]) -> tuple[dict[str, torch.Tensor
     for path in paths[1:]:
         weights, own = read_weights(path)
         if own.to_dict() != config.to_dict():
-            raise CheckpointError(f"{path}: its config differs from that of {paths[0]}; only one model's weights average")
+            raise CheckpointError(
+                f"{path}: its config differs from that of {paths[0]}; only one model's weights can be averaged"
+            )
         problems = state_dict_mismatch(first, weights)
         if problems:
             raise CheckpointError(f"{path}, against {paths[0]}: {problems}")

@@ -30,11 +30,15 @@ def _training_checkpoint(model, directory, iteration):
 
 
 def test_the_mean_of_training_and_inference_checkpoints(models, tmp_path):
+    last = build_model(CONFIG)
+    last.load_state_dict(models[2].state_dict())
+    last.backbone.bn1.num_batches_tracked.fill_(5)
     paths = [_training_checkpoint(models[0], tmp_path, 10), _training_checkpoint(models[1], tmp_path, 20),
-             save_checkpoint(models[2], CONFIG, tmp_path / "third.safetensors")]
+             save_checkpoint(last, CONFIG, tmp_path / "third.safetensors")]
     mean, config = average_weights(paths)
     assert config == CONFIG
-    states = [m.state_dict() for m in models]
+    states = [m.state_dict() for m in (*models[:2], last)]
+    assert mean["backbone.bn1.num_batches_tracked"] == 5
     for key, value in mean.items():
         if value.is_floating_point():
             assert value.dtype == torch.float32
@@ -71,7 +75,8 @@ def test_checkpoints_of_different_models_are_refused_by_name(models, tmp_path, c
     poisoned = build_model(CONFIG)
     poisoned.load_state_dict(state)
     broken = save_checkpoint(poisoned, CONFIG, tmp_path / "nan.safetensors")
-    with pytest.raises(CheckpointError, match="nan.safetensors, against .*a.safetensors: 1 non-finite: semantic_head.conv_logits.weight"):
+    refusal = "nan.safetensors, against .*a.safetensors: 1 non-finite: semantic_head.conv_logits.weight"
+    with pytest.raises(CheckpointError, match=refusal):
         average_weights([first, broken])
     assert main(["average", str(first), str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err
