@@ -733,18 +733,33 @@ def test_a_failed_configure_without_autostart_stays_up_and_reports_error_on_diag
     assert child.stop().returncode == 0
 
 
+def start_answering_child(ros: Ros, ros_processes, camera: str, frame, args: Sequence[str]):
+    """The node as a child of `ros_processes`, once it has answered `frame` on `camera` with an overlay.
+
+    As in `start_node`: a process that joins a running graph is, rarely, never
+    discovered, and a fresh one is; so one that never answers is replaced.
+    """
+    overlay = output_collectors(ros, camera)["overlay"]
+    for attempt in range(1, DISCOVERY_ATTEMPTS + 1):
+        child = ros_processes.start(module="efficientps_ros.ros.node", args=args)
+        assert wait_until(lambda: "active:" in child.stderr or child.popen.poll() is not None, START_TIMEOUT)
+        assert child.popen.poll() is None, child.describe()
+        if publish_until(ros, camera, frame, overlay.latest):
+            return child
+        child.stop()
+        warnings.warn(f"{child.name}: active but no output in {FRAME_TIMEOUT:.0f} s; started again")
+    pytest.fail(f"the node on {camera} never answered a frame, in {DISCOVERY_ATTEMPTS} starts\n{child.describe()}")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_while_frames_arrive_shuts_down_cleanly(ros, ros_processes, signum):
     camera = f"/stop_{signum}/image_raw"
-    child = ros_processes.start(
-        module="efficientps_ros.ros.node",
-        args=["--ros-args", "-r", f"__node:=efficientps_stop_{signum}", "-p", "device:=cpu",
-              "-p", "model.preset_or_config:=small", "-p", f"image_topics:=['{camera}']"],
-    )
-    assert wait_until(lambda: "active:" in child.stderr or child.popen.poll() is not None, START_TIMEOUT)
-    outputs = output_collectors(ros, camera)
     frame = rgb_frame(240, 320, "stopping")
-    assert publish_until(ros, camera, frame, lambda: outputs["overlay"].latest()), child.describe()
+    child = start_answering_child(
+        ros, ros_processes, camera, frame,
+        ["--ros-args", "-r", f"__node:=efficientps_stop_{signum}", "-p", "device:=cpu",
+         "-p", "model.preset_or_config:=small", "-p", f"image_topics:=['{camera}']"],
+    )
     publisher = ros.publisher(camera)
     # Frames keep coming, so the worker is busy with one when the signal arrives.
     for index in range(40):
