@@ -11,12 +11,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
 from ..model.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
 from ..model.config import EfficientPSConfig, config_from_dict
-from .state import read_training_info, resolve_checkpoint
+from .state import read_model_weights
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], EfficientPSConfig]:
@@ -24,14 +21,12 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], EfficientPS
     path = Path(path)
     if path.suffix == ".safetensors" and not path.with_suffix(".json").is_file():
         return load_checkpoint(path)
-    stem = resolve_checkpoint(path)
-    meta = read_training_info(stem)
+    weights, meta = read_model_weights(path)
     try:
-        config = config_from_dict(meta["config"], where=f"{stem}.json config")
-        tensors = load_file(str(stem.with_suffix(".safetensors")))
-    except (KeyError, ValueError, SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{stem}: not a readable training checkpoint ({exc})") from None
-    return {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}, config
+        config = config_from_dict(meta["config"], where=f"{path} config")
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: no valid model config ({exc})") from None
+    return weights, config
 
 
 def average_weights(paths: Sequence[str | Path]) -> tuple[dict[str, torch.Tensor], EfficientPSConfig]:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ..distributed import DistContext, gather_tensor
@@ -26,6 +26,8 @@ from ..model.checkpoint import CheckpointError, state_dict_mismatch
 log = logging.getLogger(__name__)
 
 FORMAT = "efficientps_ros/train-state/1"
+# The model's tensors are stored under this prefix, beside the optimiser's and the random states.
+MODEL_PREFIX = "model/"
 
 
 @dataclass
@@ -51,7 +53,7 @@ def save_training_state(
 ) -> Path:
     """Write `stem`.safetensors and `stem`.json; returns the JSON's path."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    tensors = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     plain_state: dict[str, dict[str, Any]] = {}
     for index, entries in optimizer_state["state"].items():
@@ -119,6 +121,26 @@ def read_training_info(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def read_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's model weights, without reading its optimiser buffers, and its JSON half."""
+    stem = resolve_checkpoint(path)
+    meta = read_training_info(stem)
+    return _model_part(_read_tensors(stem, lambda key: key.startswith(MODEL_PREFIX))), meta
+
+
+def _read_tensors(stem: Path, wanted) -> dict[str, torch.Tensor]:
+    """The tensors of `stem`.safetensors whose keys `wanted` accepts."""
+    try:
+        with safe_open(str(stem.with_suffix(".safetensors")), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys() if wanted(key)}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{stem}.safetensors: tensors could not be read ({exc})") from None
+
+
+def _model_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(MODEL_PREFIX): v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+
+
 def load_training_state(
     path: str | Path,
     model: nn.Module,
@@ -129,11 +151,8 @@ def load_training_state(
     """Restore the model, optimiser, scheduler and scaler from a checkpoint; returns the rest."""
     stem = resolve_checkpoint(path)
     meta = read_training_info(stem)
-    try:
-        tensors = load_file(str(stem.with_suffix(".safetensors")))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{stem}.safetensors: tensors could not be read ({exc})") from None
-    weights = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    tensors = _read_tensors(stem, lambda _key: True)
+    weights = _model_part(tensors)
     problems = state_dict_mismatch(model.state_dict(), weights)
     if problems:
         raise CheckpointError(f"{stem}.safetensors: does not fit the model: {problems}")
