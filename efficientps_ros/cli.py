@@ -127,12 +127,12 @@ def cmd_average(args: argparse.Namespace) -> int:
     import torch
 
     from .model import build_model
-    from .model.checkpoint import save_checkpoint
+    from .model.checkpoint import load_weights, save_checkpoint
     from .training.averaging import average_weights
 
     weights, config = average_weights(args.checkpoints)
     model = build_model(config)
-    model.load_state_dict(weights)
+    load_weights(model, weights, args.checkpoints[0])
     path = save_checkpoint(model, config, args.out, dtype=torch.float16 if args.fp16 else None)
     print(f"wrote {path}: the mean of {len(args.checkpoints)} checkpoints")
     return 0

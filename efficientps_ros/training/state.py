@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..distributed import DistContext, gather_tensor
-from ..model.checkpoint import CheckpointError, state_dict_mismatch
+from ..model.checkpoint import CheckpointError, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,7 @@ def load_training_state(
     stem = resolve_checkpoint(path)
     meta = read_training_info(stem)
     tensors = _read_tensors(stem, lambda _key: True)
-    weights = _model_part(tensors)
-    problems = state_dict_mismatch(model.state_dict(), weights)
-    if problems:
-        raise CheckpointError(f"{stem}.safetensors: does not fit the model: {problems}")
-    model.load_state_dict(weights, strict=True)
+    load_weights(model, _model_part(tensors), f"{stem}.safetensors")
     optimizer.load_state_dict(_optimizer_state(meta["optimizer"], tensors))
     scheduler.load_state_dict(meta["scheduler"])
     if meta["scaler"]:

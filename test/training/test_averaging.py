@@ -82,3 +82,14 @@ def test_checkpoints_of_different_models_are_refused_by_name(models, tmp_path, c
     err = capsys.readouterr().err
     assert "missing.json" in err and "Traceback" not in err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_weights_that_do_not_fit_their_own_config_are_refused_by_name(models, tmp_path, capsys):
+    # Both files agree with each other, so only building the model they name shows the misfit.
+    wider = replace(CONFIG, fpn_channels=CONFIG.fpn_channels * 2)
+    paths = [save_checkpoint(m, wider, tmp_path / f"{i}.safetensors") for i, m in enumerate(models[:2])]
+    out = tmp_path / "mean.safetensors"
+    assert main(["average", *map(str, paths), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "0.safetensors: does not fit the model" in err and "Traceback" not in err
+    assert not out.exists()
