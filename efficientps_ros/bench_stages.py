@@ -97,13 +97,14 @@ def summary(samples: Sequence[float]) -> dict[str, float]:
 def agreement(results: Sequence[PanopticResult], references: Sequence[PanopticResult]) -> dict[str, float | int]:
     """How far `results` match `references` of the same images.
 
-    Semantic agreement in % of pixels, panoptic pixels that differ, and
-    detections matched: same class, box IoU of at least 0.5, one to one.
+    Semantic agreement in % of pixels, panoptic pixels that differ (see
+    `panoptic_differ`), and detections matched: same class, box IoU of at
+    least 0.5, one to one.
     """
     pixels = sum(r.semantic.size for r in references)
     same = sum(int((a.semantic == b.semantic).sum()) for a, b in zip(results, references))
-    differ = sum(int((a.panoptic != b.panoptic).sum()) for a, b in zip(results, references))
-    matched = sum(_matched(a, b) for a, b in zip(results, references))
+    differ = sum(panoptic_differ(a, b) for a, b in zip(results, references))
+    matched = sum(len(_matches(a, b)) for a, b in zip(results, references))
     return {
         "semantic_agreement": 100.0 * same / pixels,
         "panoptic_pixels_differ": differ,
@@ -113,17 +114,33 @@ def agreement(results: Sequence[PanopticResult], references: Sequence[PanopticRe
     }
 
 
-def _matched(result: PanopticResult, reference: PanopticResult) -> int:
-    """Greedy one-to-one matching, the reference's instances in order of decreasing score."""
+def panoptic_differ(result: PanopticResult, reference: PanopticResult) -> int:
+    """Pixels whose class or instance differs, the result's instances taking the ids of those they match.
+
+    Instance ids follow the detection scores, so two cars both scored 1.0
+    swap ids when rounding reorders them; compared id for id, every pixel of
+    both would differ, though not one pixel moved. An unmatched instance
+    keeps an id that no reference instance has.
+    """
+    unmatched = len(reference.instances) + 1
+    renumber = np.arange(unmatched, unmatched + len(result.instances) + 1)
+    renumber[0] = 0
+    for mine, theirs in _matches(result, reference):
+        renumber[mine] = theirs
+    moved = renumber[result.instance] != reference.instance
+    return int((moved | (result.semantic != reference.semantic)).sum())
+
+
+def _matches(result: PanopticResult, reference: PanopticResult) -> list[tuple[int, int]]:
+    """(result id, reference id) of a greedy one-to-one matching, the reference's instances by decreasing score."""
     free = list(result.instances)
-    count = 0
+    pairs = []
     for wanted in sorted(reference.instances, key=lambda i: -i.score):
         candidates = [(box_iou(wanted.box, c.box), k) for k, c in enumerate(free) if c.class_id == wanted.class_id]
         best = max(candidates, default=(0.0, -1))
         if best[0] >= 0.5:
-            free.pop(best[1])
-            count += 1
-    return count
+            pairs.append((free.pop(best[1]).id, wanted.id))
+    return pairs
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from efficientps_ros.bench_stages import StageClock, agreement, box_iou, rpn_marked, summary
+from efficientps_ros.bench_stages import StageClock, agreement, box_iou, panoptic_differ, rpn_marked, summary
 from efficientps_ros.model import build_model, load_config
 from efficientps_ros.result import Instance, PanopticResult
 
@@ -69,6 +69,25 @@ def test_agreement_counts_pixels_and_matches_detections_by_class_and_overlap():
     # One to one: two reference cars cannot both match one detection.
     twice = _result(semantic, [car, replace(car, id=2, score=0.5)])
     assert agreement([_result(semantic, [car])], [twice])["detections_matched"] == 1
+
+
+def test_instances_that_swapped_ids_differ_nowhere_and_an_unmatched_one_everywhere():
+    semantic = np.full((4, 8), 13, np.uint8)
+    instance = np.zeros((4, 8), np.uint16)
+    instance[:, :4], instance[:, 4:] = 1, 2
+    left = Instance(1, 13, "car", 1.0, (0.0, 0.0, 4.0, 4.0))
+    right = Instance(2, 13, "car", 1.0, (4.0, 0.0, 8.0, 4.0))
+    reference = _result(semantic, [left, right], instance)
+    swapped = _result(semantic, [replace(right, id=1), replace(left, id=2)], 3 - instance)
+    assert (swapped.panoptic != reference.panoptic).all()
+    assert panoptic_differ(swapped, reference) == 0
+    assert agreement([swapped], [reference])["panoptic_pixels_differ"] == 0
+    # A box that matches nothing keeps its pixels apart even where the ids agree.
+    far = _result(semantic, [left, replace(right, box=(40.0, 0.0, 44.0, 4.0))], instance)
+    assert panoptic_differ(far, reference) == 16
+    one = instance.copy()
+    one[0, 0] = 2
+    assert panoptic_differ(_result(semantic, [left, right], one), reference) == 1
 
 
 def test_box_iou():
