@@ -198,7 +198,11 @@ def _node_parameters(pairs: list[str]) -> dict:
         name, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--param {pair!r}: expected NAME=VALUE")
-        parameters[name.removesuffix(":")] = yaml.safe_load(value)
+        try:
+            parameters[name.removesuffix(":")] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            reason = str(exc).splitlines()[0]
+            raise ValueError(f"--param {pair!r}: the value is not valid YAML ({reason})") from None
     return parameters
 
 

@@ -235,15 +235,21 @@ class EfficientPSNode(LifecycleNode):
             for topic in settings.image_topics
         ]
         cameras = [camera.name for camera in inputs]
-        # Names that were distinct as parameters may meet once resolved; one topic twice shares its prefix too.
-        problem = shared_prefix_problem(cameras, settings.output_namespace)
-        if problem:
-            for camera in inputs:
-                camera.destroy()
-            raise ValueError(f"{problem} (resolved: {', '.join(cameras)})")
-        outputs = {camera: CameraOutputs(self, camera, settings) for camera in cameras}
+        outputs: dict[str, CameraOutputs] = {}
+        try:
+            # Names that were distinct as parameters may meet once resolved; one topic twice shares its prefix too.
+            problem = shared_prefix_problem(cameras, settings.output_namespace)
+            if problem:
+                raise ValueError(f"{problem} (resolved: {', '.join(cameras)})")
+            for camera in cameras:
+                outputs[camera] = CameraOutputs(self, camera, settings)
+            self._publish_label_info(configured, outputs)
+        except Exception:
+            # A failed activate leaves nothing subscribed or advertised behind it.
+            for entity in (*inputs, *outputs.values()):
+                entity.destroy()
+            raise
         stats = {camera: CameraStats(ERROR_THROTTLE_S) for camera in cameras}
-        self._publish_label_info(configured, outputs)
         slots = FrameSlots(cameras)
         from .pipeline import PerceptionPipeline  # torch, imported by now with the predictor
 

@@ -24,7 +24,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from efficientps_ros.cli import main
 from efficientps_ros.ros.bag import BagError
 from efficientps_ros.ros.bag.message_types import definition
-from efficientps_ros.ros.bag.offline import run_bag
+from efficientps_ros.ros.bag.offline import choose_cameras, run_bag
 from efficientps_ros.ros.bag.play import PlayOptions, due_after, playable_topics, time_window
 from efficientps_ros.ros.bag.record import is_output_topic
 from efficientps_ros.ros.bag.source import BagSource
@@ -397,6 +397,75 @@ def test_a_bag_that_breaks_off_mid_way_leaves_a_closed_readable_output_with_what
         drive.stamps["/cam_a/image_raw"][:2]
 
 
+def _raw_and_compressed(path: Path, frames: int = 2) -> tuple[Path, list[int]]:
+    """One camera recorded through image_transport: raw and compressed, frame for frame."""
+    stamps = [frame_time(i) for i in range(frames)]
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        raw = writer.add_connection("/cam_a/image_raw", "sensor_msgs/msg/Image", typestore=ROS2)
+        jpeg = writer.add_connection("/cam_a/image_raw/compressed", "sensor_msgs/msg/CompressedImage", typestore=ROS2)
+        for index, ns in enumerate(stamps):
+            rgb = picture(index, 0)
+            writer.write(raw, ns, ROS2.serialize_cdr(_raw_image(ROS2, ns, "frame_0", rgb), "sensor_msgs/msg/Image"))
+            writer.write(jpeg, ns, ROS2.serialize_cdr(_jpeg(ns, "frame_0", rgb), "sensor_msgs/msg/CompressedImage"))
+    return path, stamps
+
+
+def test_a_camera_recorded_raw_and_compressed_is_run_once_from_the_raw_topic(tmp_path):
+    bag, stamps = _raw_and_compressed(tmp_path / "in")
+    lines = []
+    report = run_bag(bag, tmp_path / "out", parameters={"device": "cpu"}, report=lines.append)
+    assert (report.frames, report.skipped, report.failure) == (len(stamps), 0, "")
+    assert lines == [f"bag {bag}, topic /cam_a/image_raw/compressed: /cam_a/image_raw recorded compressed; "
+                     "running /cam_a/image_raw only (choose with --topics)"]
+    out = read_bag(tmp_path / "out")
+    for name in OUTPUT_TYPES:
+        assert [t for t, _, _ in out[output_topic("/cam_a/image_raw", name)]] == stamps, name
+    assert len(out[output_topic("/cam_a/image_raw", "label_info")]) == 1
+
+
+def test_the_compressed_copy_is_run_when_chosen_and_both_at_once_are_refused(tmp_path):
+    bag, _ = _raw_and_compressed(tmp_path / "in")
+    with BagSource(bag) as source:
+        chosen = choose_cameras(source, ["/cam_a/image_raw/compressed"], "efficientps", print)
+        assert [(c.topic, c.transport) for c in chosen] == [("/cam_a/image_raw/compressed", "compressed")]
+        with pytest.raises(BagError, match="/cam_a/image_raw and /cam_a/image_raw/compressed would both write "
+                                           "their outputs under /cam_a/efficientps/; choose one with --topics"):
+            choose_cameras(source, ["/cam_a/image_raw", "/cam_a/image_raw/compressed"], "efficientps", print)
+
+
+def test_two_cameras_of_one_namespace_are_refused_with_the_way_out(tmp_path, capsys):
+    drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False, cameras=("/cam/image_raw", "/cam/image_rect"),
+                             frames=1)
+    code, err = _run_cli(capsys, "run", drive.path, tmp_path / "out")
+    line = _one_line_error(err)
+    assert code == 2 and "/cam/image_raw and /cam/image_rect would both write" in line and "--topics" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_play_refuses_a_start_past_the_end_of_the_bag(tmp_path, capsys):
+    drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False, cameras=("/cam_a/image_raw",), frames=2)
+    length = (frame_time(1) - frame_time(0)) / 1e9
+    code, err = _run_cli(capsys, "play", drive.path, "--loop", "--start", length + 1)
+    line = _one_line_error(err)
+    assert code == 2 and f"--start {length + 1:g} s is past its end ({length:.3f} s long)" in line
+
+
+def test_play_does_not_loop_over_a_window_without_messages(tmp_path, capsys):
+    drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False, cameras=("/cam_a/image_raw",), frames=2)
+    # Between the two frames: a pass would play nothing, every time.
+    code, err = _run_cli(capsys, "play", drive.path, "--loop", "--start", "0.5", "--duration", "0.2")
+    line = _one_line_error(err)
+    assert code == 2 and "no message of /cam_a/image_raw in the window played; not looping" in line
+
+
+def test_a_param_that_is_not_yaml_is_refused_naming_it(tmp_path, capsys):
+    drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False, cameras=("/cam_a/image_raw",), frames=1)
+    code, err = _run_cli(capsys, "run", drive.path, tmp_path / "out", "--param", "score_threshold=[")
+    line = _one_line_error(err)
+    assert code == 2 and "--param 'score_threshold=[': the value is not valid YAML" in line
+    assert not (tmp_path / "out").exists()
+
+
 # --- pieces -----------------------------------------------------------------
 
 def test_the_play_window_and_timing_follow_start_duration_and_rate():
@@ -413,6 +482,42 @@ def test_start_and_duration_select_the_messages_played(tmp_path):
         begin, stop = time_window(source.start_time, 0.1, (frame_time(2) - frame_time(0)) / 1e9 - 0.2)
         played = [m.timestamp for m in source.messages(start=begin, stop=stop)]
     assert played == [frame_time(1)]
+
+
+def test_a_topic_whose_definition_is_missing_is_reported_and_the_others_still_recorded(tmp_path, monkeypatch):
+    import rclpy
+    from std_msgs.msg import Int32, String
+
+    from efficientps_ros.ros.bag import sink as sink_module
+    from efficientps_ros.ros.bag.record import Recorder, RecordOptions
+    from efficientps_ros.ros.bag.sink import BagSink
+
+    real = sink_module.definition
+
+    def without_int32(msgtype):
+        if msgtype == "std_msgs/msg/Int32":
+            raise KeyError("no definition of std_msgs/msg/Int32 here")
+        return real(msgtype)
+
+    monkeypatch.setattr(sink_module, "definition", without_int32)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    lines = []
+    try:
+        node = rclpy.create_node("record_check", context=context)
+        node.create_publisher(String, "/words", 1)
+        node.create_publisher(Int32, "/numbers", 1)
+        with BagSink(tmp_path / "out", "mcap") as sink:
+            recorder = Recorder(node, sink, RecordOptions(topics=("/words", "/numbers")), lines.append)
+            wait_until(lambda: recorder.discover() or len(lines) == 2, 10.0)
+            recorder.discover()
+            assert set(sink.counts) == {"/words"}
+    finally:
+        rclpy.shutdown(context=context)
+    assert "recording /words [std_msgs/msg/String]" in lines
+    assert f"bag {tmp_path / 'out'}, topic /numbers: cannot record type std_msgs/msg/Int32: " \
+           "no definition of std_msgs/msg/Int32 here; not recorded" in lines
+    assert len(lines) == 2
 
 
 def test_all_outputs_means_the_node_output_topics_only():

@@ -60,7 +60,15 @@ def test_close_wakes_a_waiting_take_and_drops_pending_frames():
     slots.close()
     waiter.join(5)
     assert not waiter.is_alive() and result == [[]]
-    slots.put("/a", "after close")
+
+
+def test_close_drops_the_pending_frame_and_ignores_later_ones():
+    slots = FrameSlots(["/a"])
+    slots.put("/a", "pending")
+    slots.close()
+    assert slots.pending() == 0
+    assert slots.put("/a", "after close") is False
+    assert slots.pending() == 0 and slots.counts("/a").received == 1
     assert slots.take(timeout=0) == []
 
 

@@ -49,7 +49,20 @@ def test_stop_without_waiting_returns_while_the_batch_runs_and_join_waits_for_it
     assert not worker.join(0.1), "the batch is still running"
     batch.release.set()
     assert worker.join(5)
+    assert batch.batches == [["frame"]]
+
+
+def test_a_frame_put_between_stop_and_the_end_of_the_batch_is_not_processed():
+    slots = FrameSlots(["/a"])
+    batch = SlowBatch()
+    worker = InferenceWorker(slots, batch, lambda exc: None)
+    worker.start()
+    slots.put("/a", "frame")
+    assert batch.started.wait(5)
+    worker.stop(wait=False)
     slots.put("/a", "after stop")
+    batch.release.set()
+    assert worker.join(5)
     assert batch.batches == [["frame"]]
 
 

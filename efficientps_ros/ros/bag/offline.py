@@ -17,12 +17,12 @@ from rclpy.serialization import serialize_message
 from std_msgs.msg import Header
 from tqdm import tqdm
 
-from ..camera import CameraOutputs, output_topics
+from ..camera import CameraOutputs, camera_topic, output_topics
 from ..diagnostics import CameraStats
 from ..frame_slots import Frame
 from ..messages import label_info
 from ..node import load_model
-from ..params import OUTPUTS, SPECS_BY_NAME, NodeSettings
+from ..params import OUTPUTS, SPECS_BY_NAME, NodeSettings, output_prefix
 from ..pipeline import PerceptionPipeline
 from .message_types import COMPRESSED_IMAGE, IMAGE, message_class
 from .sink import BagSink, offered_qos
@@ -47,6 +47,11 @@ class ImageTopic:
     def message_class(self) -> type:
         return message_class(IMAGE if self.transport == "raw" else COMPRESSED_IMAGE)
 
+    @property
+    def camera(self) -> str:
+        """The camera's image topic: '/cam/image_raw' for '/cam/image_raw/compressed' too."""
+        return camera_topic(self.topic, self.transport)
+
 
 def image_topics(source: BagSource, wanted: list[str] | None) -> list[ImageTopic]:
     """The bag's Image and CompressedImage topics, or the `wanted` ones; BagError names what is missing."""
@@ -60,6 +65,32 @@ def image_topics(source: BagSource, wanted: list[str] | None) -> list[ImageTopic
     if not found:
         raise BagError(f"bag {source.path}: no image topic (topics: {_listing(source)})")
     return [ImageTopic(topic, found[topic]) for topic in (wanted or sorted(found))]
+
+
+def choose_cameras(source: BagSource, wanted: list[str] | None, output_namespace: str,
+                   report: Callable[[str], None]) -> list[ImageTopic]:
+    """The image topics to run, each camera once; BagError when two would write the same outputs.
+
+    Recordings through image_transport often hold a camera both raw and
+    compressed. Unless `wanted` names topics, the raw one is run and the
+    compressed copy reported and left out.
+    """
+    cameras = image_topics(source, wanted)
+    if not wanted:
+        raw = {c.topic for c in cameras if c.transport == "raw"}
+        copies = [c for c in cameras if c.transport == "compressed" and c.camera in raw]
+        for copy in copies:
+            report(f"bag {source.path}, topic {copy.topic}: {copy.camera} recorded compressed; "
+                   f"running {copy.camera} only (choose with --topics)")
+        cameras = [c for c in cameras if c not in copies]
+    writers: dict[str, str] = {}
+    for camera in cameras:
+        prefix = output_prefix(camera.camera, output_namespace)
+        if prefix in writers:
+            raise BagError(f"bag {source.path}: topics {writers[prefix]} and {camera.topic} would both write "
+                           f"their outputs under {prefix}/; choose one with --topics")
+        writers[prefix] = camera.topic
+    return cameras
 
 
 def _listing(source: BagSource) -> str:
@@ -123,7 +154,8 @@ def run_bag(in_path: str | Path, out_path: str | Path, topics: list[str] | None 
     if unknown:
         raise ValueError(f"unknown node parameter(s) {', '.join(unknown)}; known: {', '.join(SPECS_BY_NAME)}")
     with BagSource(in_path) as source:
-        cameras = image_topics(source, topics)
+        output_namespace = NodeSettings.from_values(parameters or {}).output_namespace
+        cameras = choose_cameras(source, topics, output_namespace, report)
         settings = {t: _settings(cameras, t, parameters or {}) for t in {c.transport for c in cameras}}
         predictor = load_model(next(iter(settings.values())))
         try:
@@ -134,10 +166,8 @@ def run_bag(in_path: str | Path, out_path: str | Path, topics: list[str] | None 
 
 
 def _settings(cameras: list[ImageTopic], transport: str, parameters: dict[str, Any]) -> NodeSettings:
-    topics = [c.topic for c in cameras if c.transport == transport]
     # The node subscribes to <image_topic>/compressed; its image_topics name the cameras.
-    if transport == "compressed":
-        topics = [t.removesuffix("/compressed") for t in topics]
+    topics = [c.camera for c in cameras if c.transport == transport]
     return NodeSettings.from_values({**parameters, "image_topics": topics, "transport": transport})
 
 

@@ -86,12 +86,20 @@ def playable_topics(source: BagSource, wanted: tuple[str, ...], report: Callable
     return playable
 
 
+def check_window(source: BagSource, options: PlayOptions) -> None:
+    """Refuse a --start that lies past the bag's last message: it would play nothing (and loop on nothing)."""
+    length = (source.end_time - source.start_time) / 1e9
+    if options.start > length:
+        raise BagError(f"bag {source.path}: --start {options.start:g} s is past its end ({length:.3f} s long)")
+
+
 def play_bag(path: str | Path, options: PlayOptions = PlayOptions(),
              report: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> int:
     """Play the bag; returns how many messages went out. Ctrl-C ends it cleanly."""
     check_options(options)
     with BagSource(path) as source:
         topics = playable_topics(source, options.topics, report)
+        check_window(source, options)
         # Ctrl-C stays a KeyboardInterrupt: nothing is published on a context rclpy already shut down.
         rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
         node = rclpy.create_node("efficientps_bag_play")
@@ -103,9 +111,14 @@ def play_bag(path: str | Path, options: PlayOptions = PlayOptions(),
             clock = node.create_publisher(Clock, "/clock", CLOCK_QOS) if options.clock else None
             _wait_for_subscribers(source, publishers, options, report)
             while True:
-                sent += _play_once(source, publishers, clock, options, report)
+                sent_now = _play_once(source, publishers, clock, options, report)
+                sent += sent_now
                 if not options.loop:
                     break
+                if not sent_now:
+                    # Every pass would be as empty: looping would only spin.
+                    raise BagError(f"bag {source.path}: no message of {', '.join(sorted(topics))} "
+                                   "in the window played; not looping")
             # The last messages may still be on their way; leaving now would lose them.
             for publisher in (*publishers.values(), *([clock] if clock else [])):
                 publisher.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT_S))

@@ -21,6 +21,7 @@ from rclpy.signals import SignalHandlerOptions
 from ..params import OUTPUTS
 from .message_types import message_class
 from .sink import BagSink, offered_qos
+from .source import BagError
 
 # Enough history that a burst of outputs is not lost while the bag is written.
 RECORD_DEPTH = 100
@@ -87,8 +88,14 @@ class Recorder:
             self._report(f"topic {topic}: type {msgtype} is not installed here; not recorded")
             return
         qos = matching_qos(publishers)
-        self._sink.add_topic(topic, msgtype, offered_qos(qos.reliability == ReliabilityPolicy.RELIABLE,
-                                                         qos.durability == DurabilityPolicy.TRANSIENT_LOCAL))
+        try:
+            self._sink.add_topic(topic, msgtype, offered_qos(qos.reliability == ReliabilityPolicy.RELIABLE,
+                                                             qos.durability == DurabilityPolicy.TRANSIENT_LOCAL))
+        except BagError as exc:
+            # One topic without a definition must not end the recording of the others.
+            self._refused.add(topic)
+            self._report(f"{exc}; not recorded")
+            return
         self._subscriptions[topic] = self._node.create_subscription(cls, topic, self._writer(topic), qos, raw=True)
         self._report(f"recording {topic} [{msgtype}]")
 
