@@ -224,6 +224,12 @@ class NodeSettings:
                 f"parameters inference_height/inference_width: got {size[0]}x{size[1]}; "
                 "allowed: both 0 (native size) or both at least 32"
             )
+        if size[0] * size[1] > self.max_image_pixels:
+            # The network's input counts against the limit too: every frame would be refused.
+            raise ParameterError(
+                f"parameters inference_height/inference_width: {size[0]}x{size[1]} is {size[0] * size[1]} "
+                f"pixels, above max_image_pixels ({self.max_image_pixels}); allowed: at most that many"
+            )
 
     def _check_output_prefixes(self) -> None:
         """Two cameras beside each other would publish onto the same output topics.

@@ -101,6 +101,15 @@ def test_half_set_inference_size_is_refused():
     assert NodeSettings.from_values({"inference_height": 512, "inference_width": 1024}).inference_size == (512, 1024)
 
 
+def test_an_inference_size_above_max_image_pixels_is_refused():
+    with pytest.raises(ParameterError, match=r"8192x8192 is 67108864 pixels, above max_image_pixels \(33554432\)"):
+        NodeSettings.from_values({"inference_height": 8192, "inference_width": 8192})
+    limit = {"inference_height": 512, "inference_width": 1024, "max_image_pixels": 512 * 1024}
+    assert NodeSettings.from_values(limit).inference_size == (512, 1024)
+    with pytest.raises(ParameterError, match="above max_image_pixels"):
+        NodeSettings.from_values({**limit, "max_image_pixels": 512 * 1024 - 1})
+
+
 def test_structural_parameters_change_only_while_unconfigured():
     assert check_change("device", "cpu", configured=False) is None
     refusal = check_change("device", "cpu", configured=True)
