@@ -218,7 +218,7 @@ def test_predict_names_a_missing_or_corrupt_image(tmp_path, capsys):
 def test_the_packaged_model_segments_streets_it_never_saw():
     # 20 scenes of a test-split stream that no training scene can come from and
     # that the README's numbers do not use. Measured with the packaged model:
-    # PQ 54.4 (things 59.9, stuff 50.5), mIoU 68.8; at brightness x0.6 PQ 53.7.
+    # PQ 54.9 (things 59.8, stuff 51.4), mIoU 68.4; at brightness x0.6 PQ 54.8.
     scenes = [street_scene(256, 512, seed=scene_seed("test", 99, i)) for i in range(20)]
     predictor = Predictor("small", device="cpu")
     plain, dark = (evaluate(predictor, scenes, progress=False, brightness=b) for b in (1.0, 0.6))
