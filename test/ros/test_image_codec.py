@@ -394,6 +394,8 @@ def test_a_compressed_image_over_the_pixel_limit_is_refused_before_decoding(deco
         compressed_to_rgb8(msg, max_pixels=1999)
     assert decoded == []
     assert compressed_to_rgb8(msg, max_pixels=2000).shape == (40, 50, 3)
+    # The record is not empty by accident: a decode that is allowed shows in it.
+    assert (50, 40) in decoded
 
 
 def test_the_pixel_limit_counts_the_padded_network_input(decoded):
