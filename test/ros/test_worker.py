@@ -23,6 +23,16 @@ class SlowBatch:
             raise RuntimeError("batch failed")
 
 
+def _worker_in_a_batch(batch: SlowBatch, on_failure=lambda exc: None) -> tuple[FrameSlots, InferenceWorker]:
+    """A worker whose one camera's frame is in `batch`, held there until the batch is released."""
+    slots = FrameSlots(["/a"])
+    worker = InferenceWorker(slots, batch, on_failure)
+    worker.start()
+    slots.put("/a", "frame")
+    assert batch.started.wait(5)
+    return slots, worker
+
+
 def test_every_pending_frame_goes_to_one_batch():
     slots = FrameSlots(["/a", "/b"])
     batch = SlowBatch()
@@ -37,12 +47,8 @@ def test_every_pending_frame_goes_to_one_batch():
 
 
 def test_stop_without_waiting_returns_while_the_batch_runs_and_join_waits_for_it():
-    slots = FrameSlots(["/a"])
     batch = SlowBatch()
-    worker = InferenceWorker(slots, batch, lambda exc: None)
-    worker.start()
-    slots.put("/a", "frame")
-    assert batch.started.wait(5)
+    _, worker = _worker_in_a_batch(batch)
     begun = time.monotonic()
     worker.stop(wait=False)
     assert time.monotonic() - begun < 0.5
@@ -53,12 +59,8 @@ def test_stop_without_waiting_returns_while_the_batch_runs_and_join_waits_for_it
 
 
 def test_a_frame_put_between_stop_and_the_end_of_the_batch_is_not_processed():
-    slots = FrameSlots(["/a"])
     batch = SlowBatch()
-    worker = InferenceWorker(slots, batch, lambda exc: None)
-    worker.start()
-    slots.put("/a", "frame")
-    assert batch.started.wait(5)
+    slots, worker = _worker_in_a_batch(batch)
     worker.stop(wait=False)
     slots.put("/a", "after stop")
     batch.release.set()
@@ -67,13 +69,9 @@ def test_a_frame_put_between_stop_and_the_end_of_the_batch_is_not_processed():
 
 
 def test_a_batch_failing_after_stop_is_not_reported():
-    slots = FrameSlots(["/a"])
     batch = SlowBatch(fail=True)
     failures = []
-    worker = InferenceWorker(slots, batch, failures.append)
-    worker.start()
-    slots.put("/a", "frame")
-    assert batch.started.wait(5)
+    _, worker = _worker_in_a_batch(batch, failures.append)
     worker.stop(wait=False)
     batch.release.set()
     assert worker.join(5)
