@@ -90,7 +90,9 @@ def _gather_into(words: np.ndarray, index: np.ndarray, buffer: np.ndarray, offse
     if flat.size == 0:
         return
     target = np.ndarray((flat.size - 1,), dtype=np.uint32, buffer=buffer, offset=offset, strides=(3,))
-    np.take(words, flat[:-1], out=target)
+    # With the default mode, "raise", numpy gathers into a scratch array and
+    # copies that into `out`; indices built by `_index` are in range anyway.
+    np.take(words, flat[:-1], out=target, mode="clip")
     end, last = offset + 3 * flat.size, int(flat[-1])
     buffer[end - 3 : end] = words[last : last + 1].view(np.uint8)[:3]
 
