@@ -37,6 +37,11 @@ MAX_NESTING = 32
 MAX_CONFIG_CHARS = 1_000_000
 # The backbone's deepest feature has stride 32; padding to less breaks the FPN.
 BACKBONE_STRIDE = 32
+# The RoI heads hold a block of features per proposal (box head) and per
+# detection (mask head), for every image: at most this many values each, 1 GiB
+# in fp32, so that a config inside its ranges cannot ask for tens of GB a frame.
+# The paper's model needs 25 M.
+MAX_ROI_VALUES = 1 << 28
 # A config name is part of the packaged weights' file name, so no path in it.
 CONFIG_NAMES = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 CLASS_NAMES = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
@@ -154,11 +159,12 @@ class BackboneConfig:
 class RPNConfig:
     anchor_scale: float = ranged(8.0, 0.0, 1024.0, low_open=True)  # anchor side = anchor_scale * stride
     anchor_ratios: tuple[float, ...] = ranged((0.5, 1.0, 2.0), 1 / 64, 64.0, count=(1, 16))
-    # Proposals kept per level before NMS and in total after it.
-    pre_nms_top_n_train: int = ranged(2000, 1, 100_000)
-    post_nms_top_n_train: int = ranged(2000, 1, 100_000)
-    pre_nms_top_n_test: int = ranged(1000, 1, 100_000)
-    post_nms_top_n_test: int = ranged(1000, 1, 100_000)
+    # Proposals kept per level before NMS and in total after it. The largest
+    # published Mask R-CNN settings keep a few thousand; NMS costs the square.
+    pre_nms_top_n_train: int = ranged(2000, 1, 10_000)
+    post_nms_top_n_train: int = ranged(2000, 1, 10_000)
+    pre_nms_top_n_test: int = ranged(1000, 1, 10_000)
+    post_nms_top_n_test: int = ranged(1000, 1, 10_000)
     nms_threshold: float = fraction(0.7)
     min_box_size: float = ranged(0.0, 0.0, 10_000.0)
     # Anchor assignment for the loss.
@@ -283,7 +289,27 @@ def _validate(config: EfficientPSConfig) -> EfficientPSConfig:
         raise ValueError(
             f"config.classes: label ids {repeated} are used twice; the panoptic image could not tell them apart"
         )
+    _check_roi_sizes(config)
     return config
+
+
+def _check_roi_sizes(config: EfficientPSConfig) -> None:
+    """Refuse RoI counts and sizes whose feature blocks would exceed MAX_ROI_VALUES per image."""
+    roi, rpn = config.roi, config.rpn
+    box = f"roi.box_roi_size² x fpn_channels = {roi.box_roi_size ** 2 * config.fpn_channels}"
+    mask_values = (2 * roi.mask_roi_size) ** 2 * max(config.fpn_channels, roi.mask_channels)
+    mask = f"(2 x roi.mask_roi_size)² x max(fpn_channels, roi.mask_channels) = {mask_values}"
+    blocks = [
+        ("rpn.post_nms_top_n_test", rpn.post_nms_top_n_test, roi.box_roi_size ** 2 * config.fpn_channels, box),
+        ("roi.batch_size_per_image", roi.batch_size_per_image, roi.box_roi_size ** 2 * config.fpn_channels, box),
+        ("roi.detections_per_image", roi.detections_per_image, mask_values, mask),
+    ]
+    for name, count, values, per_roi in blocks:
+        if count * values > MAX_ROI_VALUES:
+            raise ValueError(
+                f"config: {name} ({count}) x {per_roi} is {count * values:,} feature values per image; "
+                f"allowed: at most {MAX_ROI_VALUES:,} (1 GiB in fp32)"
+            )
 
 
 def _to_plain(value: Any) -> Any:

@@ -11,6 +11,7 @@ from efficientps_ros.model import build_model, parameter_count
 from efficientps_ros.model.config import (
     CITYSCAPES_CLASSES,
     MAX_NESTING,
+    MAX_ROI_VALUES,
     PRESETS,
     BackboneConfig,
     ClassInfo,
@@ -132,7 +133,7 @@ def _small_with(**changes):
         ({"backbone__norm_eps": -1e-3}, "config.backbone.norm_eps: -0.001 is out of range; allowed: more than 0"),
         ({"head_norm_eps": 0}, "config.head_norm_eps: 0 is out of range; allowed: more than 0 and at most 1"),
         ({"head_norm_eps": float("nan")}, "config.head_norm_eps: expected a finite number, got nan"),
-        ({"rpn__post_nms_top_n_test": -1}, "config.rpn.post_nms_top_n_test: -1 is out of range; allowed: 1 to 100000"),
+        ({"rpn__post_nms_top_n_test": -1}, "config.rpn.post_nms_top_n_test: -1 is out of range; allowed: 1 to 10000"),
         ({"rpn__pre_nms_top_n_train": 0}, "config.rpn.pre_nms_top_n_train: 0 is out of range"),
         ({"roi__detections_per_image": 0}, "config.roi.detections_per_image: 0 is out of range; allowed: 1 to 999"),
         ({"fusion__max_instances": 1000}, "config.fusion.max_instances: 1000 is out of range; allowed: 1 to 999"),
@@ -157,6 +158,30 @@ def _small_with(**changes):
 def test_out_of_range_fields_are_refused_naming_field_and_range(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         config_from_dict(_small_with(**changes))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        # Each value is inside its own range; together they would need gigabytes a frame.
+        ({"rpn__post_nms_top_n_test": 10_000, "roi__box_roi_size": 64},
+         "config: rpn.post_nms_top_n_test (10000) x roi.box_roi_size² x fpn_channels = 262144 is 2,621,440,000"),
+        ({"roi__batch_size_per_image": 100_000, "fpn_channels": 1024},
+         "config: roi.batch_size_per_image (100000) x roi.box_roi_size² x fpn_channels = 50176"),
+        ({"roi__detections_per_image": 999, "roi__mask_roi_size": 128, "roi__mask_channels": 1024},
+         "config: roi.detections_per_image (999) x (2 x roi.mask_roi_size)² x max(fpn_channels, roi.mask_channels)"),
+    ],
+)
+def test_roi_counts_and_sizes_that_need_over_a_gigabyte_of_features_are_refused(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_from_dict(_small_with(**changes))
+
+
+def test_the_largest_roi_settings_of_the_presets_fit_with_room():
+    b5 = load_config("b5_cityscapes")
+    per_proposal = b5.roi.box_roi_size ** 2 * b5.fpn_channels
+    assert b5.rpn.post_nms_top_n_test * per_proposal * 10 < MAX_ROI_VALUES
+    config_from_dict(_small_with(rpn__post_nms_top_n_test=10_000))  # 10000 x 7² x 64 fits
 
 
 def test_values_at_the_edges_of_their_ranges_are_accepted():
