@@ -100,6 +100,11 @@ def load_model(settings: NodeSettings) -> Predictor:
     checkpoint = settings.model_checkpoint or None
     config = settings.model_preset_or_config or (None if checkpoint else "small")
     predictor = Predictor(config, checkpoint, settings.device, settings.precision, settings.inference_size)
+    try:
+        settings.check_network_size(predictor.config.size_divisor)
+    except ValueError:
+        predictor.close()
+        raise
     predictor.set_fusion(**settings.fusion)
     if settings.inference_size is not None:
         # Every frame reaches the network at this size, so the first real one need not pay for
@@ -319,15 +324,29 @@ class EfficientPSNode(LifecycleNode):
     # Parameters -------------------------------------------------------------
 
     def _check_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        problem = None
         for parameter in parameters:
-            problem = check_change(parameter.name, parameter.value, configured=self._configured is not None)
-            if problem:
-                # A refused start-up value ends the process with this message alone.
-                self._refusal = problem
-                if self._declared:
-                    self.get_logger().warning(f"refused: {problem}")
-                return SetParametersResult(successful=False, reason=problem)
+            problem = problem or check_change(parameter.name, parameter.value, configured=self._configured is not None)
+        problem = problem or self._check_live_combination(parameters)
+        if problem:
+            # A refused start-up value ends the process with this message alone.
+            self._refusal = problem
+            if self._declared:
+                self.get_logger().warning(f"refused: {problem}")
+            return SetParametersResult(successful=False, reason=problem)
         return SetParametersResult(successful=True)
+
+    def _check_live_combination(self, parameters: list[Parameter]) -> str | None:
+        """Why the configured settings with these live changes would not hold together; None when they do."""
+        configured = self._configured
+        ours = {p.name: p.value for p in parameters if p.name in SPECS_BY_NAME}
+        if configured is None or not ours:
+            return None
+        try:
+            configured.settings.with_values(ours).check_network_size(configured.predictor.config.size_divisor)
+        except ValueError as exc:
+            return str(exc)
+        return None
 
     def _apply_live_parameters(self, parameters: list[Parameter]) -> None:
         configured = self._configured

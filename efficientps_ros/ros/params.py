@@ -18,6 +18,9 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidTopicNameExce
 from rclpy.node import Node
 from rclpy.validate_topic_name import validate_topic_name
 
+from ..input_limits import network_size
+from ..model.config import BACKBONE_STRIDE
+
 OUTPUTS = ("semantic", "instance", "panoptic", "overlay", "detections")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _NAME_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")
@@ -224,11 +227,25 @@ class NodeSettings:
                 f"parameters inference_height/inference_width: got {size[0]}x{size[1]}; "
                 "allowed: both 0 (native size) or both at least 32"
             )
-        if size[0] * size[1] > self.max_image_pixels:
-            # The network's input counts against the limit too: every frame would be refused.
+        # Any model pads to a multiple of at least the backbone's stride; the
+        # node checks again with its model's own divisor.
+        self.check_network_size(BACKBONE_STRIDE)
+
+    def check_network_size(self, size_divisor: int) -> None:
+        """Refuse a fixed inference size whose padded area exceeds max_image_pixels.
+
+        The network's input counts against the limit too, so every frame would
+        be refused after a warm-up at that size.
+        """
+        if self.inference_size is None:
+            return
+        height, width = self.inference_size
+        padded = network_size(height, width, size_divisor)
+        if padded[0] * padded[1] > self.max_image_pixels:
             raise ParameterError(
-                f"parameters inference_height/inference_width: {size[0]}x{size[1]} is {size[0] * size[1]} "
-                f"pixels, above max_image_pixels ({self.max_image_pixels}); allowed: at most that many"
+                f"parameters inference_height/inference_width: {height}x{width}, padded to a multiple of "
+                f"{size_divisor} ({padded[0]}x{padded[1]}), is {padded[0] * padded[1]} pixels, above "
+                f"max_image_pixels ({self.max_image_pixels}); allowed: at most that many"
             )
 
     def _check_output_prefixes(self) -> None:

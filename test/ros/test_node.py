@@ -497,6 +497,11 @@ def test_lifecycle_deactivate_activate_and_cleanup(ros, node, first_outputs):
     assert change_state(ros, Transition.TRANSITION_ACTIVATE)
     found = outputs_for(ros, CAM_A, rgb_frame(128, 256, "reconfigured"))
     assert (found["panoptic"].height, found["panoptic"].width) == (128, 256)
+    # A live limit below the fixed network input would refuse every frame from now on.
+    too_small = set_parameter(ros, "max_image_pixels", 64 * 128 - 1)
+    assert not too_small.successful
+    assert "64x128" in too_small.reason and "max_image_pixels (8191)" in too_small.reason
+    assert outputs_for(ros, CAM_A, rgb_frame(128, 256, "limit kept"))["semantic"] is not None
 
 
 # The namespaced node: /car1/seg, its default relative topic remapped, an absolute one remapped too,

@@ -102,12 +102,29 @@ def test_half_set_inference_size_is_refused():
 
 
 def test_an_inference_size_above_max_image_pixels_is_refused():
-    with pytest.raises(ParameterError, match=r"8192x8192 is 67108864 pixels, above max_image_pixels \(33554432\)"):
+    with pytest.raises(ParameterError, match=r"8192x8192, padded to a multiple of 32 \(8192x8192\), is 67108864 pixels, above max_image_pixels \(33554432\)"):
         NodeSettings.from_values({"inference_height": 8192, "inference_width": 8192})
     limit = {"inference_height": 512, "inference_width": 1024, "max_image_pixels": 512 * 1024}
     assert NodeSettings.from_values(limit).inference_size == (512, 1024)
     with pytest.raises(ParameterError, match="above max_image_pixels"):
         NodeSettings.from_values({**limit, "max_image_pixels": 512 * 1024 - 1})
+
+
+def test_the_inference_size_counts_as_padded_against_max_image_pixels():
+    # 500x1000 is 500000 pixels, but the network sees at least 512x1024.
+    settings = {"inference_height": 500, "inference_width": 1000}
+    with pytest.raises(ParameterError, match=r"padded to a multiple of 32 \(512x1024\), is 524288 pixels"):
+        NodeSettings.from_values({**settings, "max_image_pixels": 500_000})
+    assert NodeSettings.from_values({**settings, "max_image_pixels": 512 * 1024}).inference_size == (500, 1000)
+
+
+def test_the_node_checks_the_inference_size_with_its_models_divisor():
+    # 320x1024 at the smallest divisor, 512x1024 at a model's divisor of 256.
+    settings = NodeSettings.from_values({"inference_height": 300, "inference_width": 1000, "max_image_pixels": 320 * 1024})
+    settings.check_network_size(32)
+    with pytest.raises(ParameterError, match=r"multiple of 256 \(512x1024\), is 524288 pixels"):
+        settings.check_network_size(256)
+    NodeSettings.from_values({}).check_network_size(256)  # native size: each frame is checked as it comes
 
 
 def test_structural_parameters_change_only_while_unconfigured():
