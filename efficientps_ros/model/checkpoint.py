@@ -48,7 +48,7 @@ def save_checkpoint(
 
 def read_config(path: str | Path) -> EfficientPSConfig:
     """The config stored in a checkpoint, without reading its tensors."""
-    path = _existing(path)
+    path = existing_file(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -145,8 +145,11 @@ def _listing(names: list[str]) -> str:
     return shown if len(names) <= _MAX_LISTED else f"{shown}, ... ({len(names) - _MAX_LISTED} more)"
 
 
-def _existing(path: str | Path) -> Path:
+def existing_file(path: str | Path) -> Path:
+    """`path` as a Path; CheckpointError when it is missing or no regular file (a directory, a FIFO, a device)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    return path
+    if path.is_file():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path}: not a regular file; a checkpoint is a file")
+    raise CheckpointError(f"{path}: checkpoint file not found")

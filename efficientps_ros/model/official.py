@@ -10,14 +10,17 @@ against `b5_cityscapes` by name and shape before its data is read.
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
+import warnings
 import zipfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from .checkpoint import CheckpointError, save_checkpoint, state_dict_mismatch
+from .checkpoint import CheckpointError, existing_file, save_checkpoint, state_dict_mismatch
 from .config import EfficientPSConfig, b5_cityscapes
 
 # Their top-level module -> ours. Inside each module the names are the same.
@@ -74,22 +77,21 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     first, then memory-mapped: tensor names and shapes are known before any
     tensor data is read, and only the tensors used are ever read.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    path = existing_file(path)
     zipped = zipfile.is_zipfile(path)
     if zipped:
         check_archive(path)
     try:
-        with torch.serialization.safe_globals(_allowed_globals()):
+        # The outcome is reported below; torch's warnings about the pickle protocol would only add noise.
+        with torch.serialization.safe_globals(_allowed_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as exc:
-        refused = re.search(r"GLOBAL (\S+)", str(exc))
-        what = f"it holds the type {refused.group(1)}" if refused else _first_line(exc)
         raise CheckpointError(
-            f"{path}: refused to load: {what}; only tensors, plain containers and numpy scalars are allowed"
+            f"{path}: refused to load: {_refusal(exc)}; only tensors, plain containers and numpy scalars are allowed"
         ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    # torch.load hands a .safetensors file to safetensors, which raises its own error.
+    except (RuntimeError, OSError, EOFError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -149,6 +151,23 @@ def convert_official(src: str | Path, dst: str | Path, dataset: str = "cityscape
     state = convert_state_dict(read_official(src), model.state_dict())
     model.load_state_dict(state, strict=True)
     return save_checkpoint(model, config, dst)
+
+
+def _refusal(exc: pickle.UnpicklingError) -> str:
+    """What the weights-only unpickler refused, without torch's advice to load the file unsafely."""
+    text = str(exc)
+    refused = re.search(r"GLOBAL (\S+)", text)
+    if refused:
+        return f"it holds the type {refused.group(1)}"
+    operand = re.search(r"Unsupported operand (\d+)", text)
+    if operand:
+        # Protocol 4 and later name types through STACK_GLOBAL, which torch reports by number only.
+        code = int(operand.group(1))
+        opcode = pickletools.code2op.get(chr(code))
+        if opcode is None:
+            return f"the weights-only unpickler met byte {code}, which is no pickle opcode"
+        return f"the weights-only unpickler does not allow the pickle opcode {opcode.name}"
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 
 import pytest
@@ -46,6 +47,17 @@ def test_round_trip_is_bit_exact_and_keeps_the_config(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="nowhere.safetensors: checkpoint file not found"):
         load_checkpoint(tmp_path / "nowhere.safetensors")
+
+
+def test_a_directory_or_a_fifo_is_named_as_no_regular_file(tmp_path):
+    directory = tmp_path / "dir.safetensors"
+    directory.mkdir()
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    for path in (directory, fifo):
+        # A FIFO opened for reading would block until a writer came.
+        with pytest.raises(CheckpointError, match=f"{path.name}: not a regular file"):
+            load_checkpoint(path)
 
 
 def test_corrupt_file_is_refused(tmp_path):

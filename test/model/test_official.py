@@ -1,7 +1,9 @@
 """Import of the authors' checkpoints, checked against their state-dict table."""
 import datetime
 import math
+import pickle
 import re
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -161,6 +163,35 @@ def test_unreadable_files_are_refused(tmp_path):
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="garbage.pth"):
         read_official(garbage)
+
+
+def test_a_broken_file_named_safetensors_is_refused_as_unreadable(tmp_path):
+    # torch.load hands such a file to safetensors, whose error is of its own type.
+    broken = tmp_path / "model.safetensors"
+    broken.write_bytes(b"\x00" * 4)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: not a readable PyTorch checkpoint \(.*header"):
+        read_official(broken)
+
+
+def test_a_refused_pickle_is_named_by_its_opcode_without_advice_to_load_it_unsafely(tmp_path):
+    class Runs:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    # Protocol 4 frames its data and names types through STACK_GLOBAL.
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"state_dict": Runs()}, protocol=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as refused:
+            read_official(evil)
+    message = str(refused.value)
+    assert "does not allow the pickle opcode FRAME" in message
+    assert "weights_only" not in message and "\n" not in message
+    text = tmp_path / "text.pt"
+    text.write_bytes(b"!!python/object:os.system\n")
+    with pytest.raises(CheckpointError, match="met byte 33, which is no pickle opcode"):
+        read_official(text)
 
 
 def test_command_line_conversion_reports_errors_without_traceback(tmp_path, capsys):
