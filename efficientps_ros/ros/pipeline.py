@@ -41,9 +41,9 @@ def decode(
     model's `size_divisor` (and the fixed `inference_size`, if any), the
     limit bounds the padded area the network sees.
     """
-    if transport == "raw":
-        check_image_size(message.height, message.width, max_pixels, size_divisor, inference_size)
     try:
+        if transport == "raw":
+            check_image_size(message.height, message.width, max_pixels, size_divisor, inference_size)
         if transport == "compressed":
             return compressed_to_rgb8(message, max_pixels, size_divisor, inference_size)
         return to_rgb8(message)

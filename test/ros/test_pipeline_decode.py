@@ -52,3 +52,11 @@ def test_a_compressed_frame_with_an_extreme_aspect_ratio_is_refused():
     message = rgb8_to_compressed(np.zeros((2, 2000, 3), np.uint8), "png")
     with pytest.raises(ValueError, match="aspect ratio of 1000:1"):
         decode(message, "compressed", NODE_DEFAULT_MAX_PIXELS, size_divisor=32)
+
+
+def test_a_message_like_object_with_a_text_height_is_bad_input_not_a_crash():
+    class Odd:
+        height, width, encoding, step, data, is_bigendian = "4", 4, "rgb8", 12, b"\0" * 48, 0
+
+    with pytest.raises(ValueError, match="cannot decode the image \\(TypeError"):
+        decode(Odd(), "raw", NODE_DEFAULT_MAX_PIXELS, size_divisor=32)
