@@ -144,6 +144,8 @@ def check_value(spec: ParamSpec, value: Any) -> str | None:
 def _problem(spec: ParamSpec, value: Any) -> str | None:
     expected = type(spec.default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        if not -2**1023 < value < 2**1023:
+            return "out of range"  # a YAML integer past any float
         value = float(value)
     if expected is list:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):

@@ -69,6 +69,7 @@ def test_defaults_make_valid_settings():
         ("precision", "fp8", "one of fp32, fp16, bf16"),
         ("device", "tpu", "auto, cpu, cuda or cuda:N"),
         ("score_threshold", 1.5, "0.0 to 1.0"),
+        ("score_threshold", 10**400, "0.0 to 1.0"),
         ("min_stuff_area", -1, "0 to"),
         ("image_topics", [], "non-empty list"),
         ("image_topics", ["/a", "/a"], "distinct"),
