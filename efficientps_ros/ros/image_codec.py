@@ -13,11 +13,13 @@ uint8 RGB array the model eats. Compressed images (jpeg, png) go through Pillow.
 from __future__ import annotations
 
 import io
+import re
 import sys
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import JpegImagePlugin, PngImagePlugin
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -56,16 +58,46 @@ _RGB_SOURCES: dict[str, tuple[tuple[int, int, int], int]] = {
 _YUV_LUMA_INDEX = {"yuv422": 1, "uyvy": 1, "yuv422_yuy2": 0, "yuyv": 0}
 
 _COMPRESSED_FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG"}
+# Pillow's own classes for them. Image.open would apply Pillow's global
+# decompression-bomb limit (a warning above 89 M pixels, an error above 179 M),
+# overriding `max_pixels`, and when no plugin accepts a file it names only the
+# stream object, not the reason the plugin gave. The classes leave that global
+# alone, as other code and other decoding threads expect to find it.
+_PILLOW_CLASSES = {"JPEG": JpegImagePlugin.JpegImageFile, "PNG": PngImagePlugin.PngImageFile}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# Bit depths each PNG colour type may have (PNG specification, table 11.1).
+_PNG_BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# Encoders write the pixels in IDAT chunks of 8 KiB (libpng, hence OpenCV) to
+# 64 KiB (Pillow) or more, and a handful of other chunks. Pillow reads each
+# chunk in Python, one to three microseconds apiece, so a few megabytes of
+# empty chunks would take seconds. Allowed: 4096 chunks, room for an encoder writing
+# one IDAT per row of a 4096-row image however small, plus one per KiB of data.
+# That is eight times what 8 KiB IDATs need at any size: a 1<<30-pixel 16-bit
+# RGBA image, 8 GiB before compression, would be 1 M such chunks against 8 M.
+_PNG_MAX_CHUNKS = 4096
+_PNG_BYTES_PER_EXTRA_CHUNK = 1024
 # SOF0-2: the coding processes where each 8x8 block costs at least one bit.
 # Arithmetic coding can spend less, so no size could prove such data complete.
 _JPEG_HUFFMAN_FRAMES = (0xC0, 0xC1, 0xC2)
+_JPEG_START_OF_SCAN = b"\xff\xda"
 # Bytes after the end-of-image marker some encoders pad with (zeros or 0xFF).
 _JPEG_TAIL_PADDING = 64
-# Real files have a dozen segments before the frame header, up to a few hundred
-# with a long ICC profile; walking millions of tiny crafted ones would take seconds.
+# Real files have a dozen segments before the first scan, up to a few hundred
+# with a long ICC profile. Pillow reads each in Python: millions of tiny crafted
+# ones would take seconds and hold every one in memory.
 _JPEG_MAX_HEADER_SEGMENTS = 1024
+# Fill bytes (extra 0xFF before a marker) are optional padding; libjpeg never
+# writes them, and the encoders that pad with them write a few. Pillow steps over them one
+# at a time in Python, about half a microsecond each: 8 KiB of them cost 4 ms.
+_JPEG_MAX_FILL_BYTES = 8192
+_JPEG_FILL = re.compile(rb"\xff+")
+# libjpeg's default progressive script has 10 scans (6 for greyscale), and
+# tuned scripts a few dozen at most. Each scan is another pass over every
+# coefficient block, whatever few bytes it holds: one scan repeated a thousand
+# times costs a thousand times the CPU. 100 bounds the decode at ten times a
+# default progressive one.
+_JPEG_MAX_SCANS = 100
 # What Pillow raises for a payload it cannot decode, including absurd sizes.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PILImage.DecompressionBombError)
 
@@ -295,94 +327,251 @@ def compressed_to_rgb8(
 ) -> np.ndarray:
     """Decode a jpeg or png CompressedImage to an HxWx3 uint8 RGB array.
 
-    The header is read first, without Pillow: with `max_pixels`, the size is
-    checked as `check_image_size` does (the padded network input included,
-    given the `size_divisor` and the `inference_size`), before any pixel is
-    decoded. Data that cannot be complete is refused before decoding too;
-    what remains is refused by Pillow, which raises on a truncated stream
-    (with `ImageFile.LOAD_TRUNCATED_IMAGES` off, its default).
+    The file's structure is read first, without Pillow, in a few linear scans.
+    With `max_pixels`, the size in the header is checked as `check_image_size`
+    does (the padded network input included, given the `size_divisor` and the
+    `inference_size`); without it, against Pillow's own limit. Refused too:
+    what would make the decode slow out of proportion to the data (JPEG fill
+    bytes, header segments and scans, PNG chunks, each capped), and data that
+    cannot be complete, though a JPEG cut short and closed again is not always
+    seen (see `_checked_jpeg`). Pillow refuses a stream that ends early (with
+    `ImageFile.LOAD_TRUNCATED_IMAGES` off, its default).
     """
     codec = _compressed_codec(msg.format)
-    data = memoryview(msg.data)
+    # One copy, which bytes.count can search and the decoder's stream shares.
+    data = bytes(msg.data)
     try:
         width, height = _checked_jpeg(data) if codec == "JPEG" else _checked_png(data)
     except ValueError as error:
         raise ValueError(f"corrupt {codec.lower()} image (format {msg.format!r}): {error}") from None
     if max_pixels is not None:
         check_image_size(height, width, max_pixels, size_divisor, inference_size)
+    else:
+        _check_pillow_limit(width, height)
     try:
-        with PILImage.open(io.BytesIO(data), formats=[codec]) as image:
+        with _PILLOW_CLASSES[codec](io.BytesIO(data)) as image:
             image.load()
             return _pil_to_rgb8(image)
     except _DECODE_ERRORS as error:
         raise ValueError(f"corrupt {codec.lower()} image (format {msg.format!r}): {error}") from None
 
 
-def _checked_png(data: memoryview) -> tuple[int, int]:
-    """(width, height) from the IHDR chunk, once the file is seen to end with IEND."""
-    if bytes(data[:8]) != _PNG_SIGNATURE or bytes(data[12:16]) != b"IHDR" or len(data) < 24:
+def _check_pillow_limit(width: int, height: int) -> None:
+    """The size Image.open would refuse: above twice Image.MAX_IMAGE_PIXELS, where set."""
+    limit = PILImage.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > 2 * limit:
+        raise ValueError(
+            f"image of {width}x{height} exceeds Pillow's limit of {2 * limit} pixels "
+            "(twice PIL.Image.MAX_IMAGE_PIXELS); pass max_pixels to set another"
+        )
+
+
+def _checked_png(data: bytes) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, once the chunks are seen to end with IEND."""
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 33:
         raise ValueError("no PNG signature and header chunk")
-    if bytes(data[-12:]) != _PNG_END:
+    if data[-12:] != _PNG_END:
         raise ValueError(f"truncated: {len(data)} bytes without the closing IEND chunk")
+    _check_png_format(bit_depth=data[24], colour_type=data[25])
+    _check_png_chunks(data)
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     return _declared(width, height)
 
 
-def _checked_jpeg(data: memoryview) -> tuple[int, int]:
+def _check_png_format(bit_depth: int, colour_type: int) -> None:
+    # Pillow only says that the file is not one it can identify.
+    if colour_type not in _PNG_BIT_DEPTHS:
+        allowed = ", ".join(map(str, _PNG_BIT_DEPTHS))
+        raise ValueError(f"colour type {colour_type} is not defined; allowed: {allowed}")
+    if bit_depth not in _PNG_BIT_DEPTHS[colour_type]:
+        allowed = ", ".join(map(str, _PNG_BIT_DEPTHS[colour_type]))
+        raise ValueError(f"bit depth {bit_depth} is not defined for colour type {colour_type}; allowed: {allowed}")
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Refuse more chunks than `_PNG_MAX_CHUNKS` allows, or chunks that overrun the closing IEND.
+
+    The loop stops at the cap, so it runs at most once per KiB of data, and a
+    few thousand times more.
+    """
+    most = _PNG_MAX_CHUNKS + len(data) // _PNG_BYTES_PER_EXTRA_CHUNK
+    end = len(data) - len(_PNG_END)
+    pos = start = len(_PNG_SIGNATURE)
+    chunks = 0
+    while pos < end:
+        chunks += 1
+        if chunks > most:
+            raise ValueError(
+                f"more than {most} chunks in {len(data)} bytes; at most {most} allowed "
+                f"({_PNG_MAX_CHUNKS} and one more per {_PNG_BYTES_PER_EXTRA_CHUNK} bytes)"
+            )
+        start, pos = pos, pos + 12 + int.from_bytes(data[pos:pos + 4], "big")
+    if pos != end:
+        raise ValueError(f"the chunk at byte {start} runs past the closing IEND chunk, to byte {pos}")
+
+
+class _JpegHeader(NamedTuple):
+    """What the segments before the first scan declare."""
+
+    frame: int  # the start-of-frame marker: 0xC0 for FF C0
+    precision: int  # bits per sample
+    width: int
+    height: int
+    sampling: list[tuple[int, int]]  # each component's (horizontal, vertical) factors
+    restart_interval: int  # coding units between restart markers; 0 for none
+    scan_start: int  # where the first start-of-scan marker is
+    scan_components: int  # how many components the first scan holds
+
+
+def _checked_jpeg(data: bytes) -> tuple[int, int]:
     """(width, height) from the frame header, once the data is seen to be possibly complete.
 
     It must end with the end-of-image marker (cameras may pad after it), and
     be long enough for the image it declares: every 8x8 block of every
     component codes at least one Huffman symbol of at least one bit. That
-    refuses a truncated stream even when an end-of-image marker was appended
-    to it, which Pillow would decode, filling the rest with grey.
+    refuses a stream cut short of that size even when an end-of-image marker
+    was appended to it, which Pillow would decode, filling the rest with
+    grey. A frame coded in one scan with restart markers must hold them all,
+    which refuses such a stream cut anywhere before its last restart interval.
+    Not caught: a stream without restart markers (libjpeg's default, so
+    Pillow's and OpenCV's), or with several scans, cut past that least size
+    and closed again. libjpeg decodes it with a warning that Pillow does not
+    pass on, the missing blocks uniform grey, and nothing cheaper than
+    decoding the Huffman codes could tell it from a complete image.
     """
-    marker, width, height, sampling = _jpeg_frame(data)
-    if marker not in _JPEG_HUFFMAN_FRAMES:
+    header = _jpeg_header(data)
+    if header.frame not in _JPEG_HUFFMAN_FRAMES:
         raise ValueError(
-            f"frame type 0x{marker:02X} is not supported; allowed: baseline, extended or progressive Huffman-coded JPEG"
+            f"frame type 0x{header.frame:02X} is not supported; allowed: baseline, extended or progressive Huffman-coded JPEG"
         )
-    width, height = _declared(width, height)
-    tail = bytes(data[-_JPEG_TAIL_PADDING:])
+    if header.precision != 8:
+        raise ValueError(f"{header.precision}-bit samples are not supported; allowed: 8-bit")
+    width, height = _declared(header.width, header.height)
+    tail = data[-_JPEG_TAIL_PADDING:]
     end = tail.rfind(b"\xff\xd9")
     if end < 0 or tail[end + 2:].strip(b"\x00\xff"):
         raise ValueError(f"truncated: {len(data)} bytes without the closing end-of-image marker")
-    least = _least_coded_bytes(width, height, sampling)
+    least = _least_coded_bytes(width, height, header.sampling)
     if len(data) < least:
         raise ValueError(
             f"truncated: {len(data)} bytes cannot hold a {width}x{height} image, which needs at least {least} bytes"
         )
+    _check_scans(data, header)
     return width, height
 
 
-def _jpeg_frame(data: memoryview) -> tuple[int, int, int, list[tuple[int, int]]]:
-    """The start-of-frame marker, width, height and each component's sampling factors."""
-    if bytes(data[:2]) != b"\xff\xd8":
+def _jpeg_header(data: bytes) -> _JpegHeader:
+    """The segments up to the first scan, within the caps on their number and on fill bytes.
+
+    Pillow reads these in Python, so they are capped, before and after the
+    frame header alike; the rest of the file goes to libjpeg.
+    """
+    if data[:2] != b"\xff\xd8":
         raise ValueError("no JPEG start-of-image marker")
-    pos, segments = 2, 0
-    while pos + 4 <= len(data) and segments < _JPEG_MAX_HEADER_SEGMENTS:
-        if data[pos] != 0xFF:
-            raise ValueError(f"no marker at byte {pos} of the header")
+    pos, segments, fill = 2, 0, 0
+    frame, restart_interval = None, 0
+    while True:
+        pos, fill = _jpeg_marker(data, pos, fill)
         marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            pos += 1
-            continue
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
         if marker == 0xDA:
-            raise ValueError("a scan starts before the frame header")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            segment = bytes(data[pos + 4:pos + 2 + length])
-            components = segment[5] if len(segment) > 5 else 0
-            if components == 0 or len(segment) < 6 + 3 * components:
-                raise ValueError("truncated frame header")
-            height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
-            sampling = [(f >> 4, f & 15) for f in (segment[7 + 3 * i] for i in range(components))]
-            if not all(1 <= h <= 4 and 1 <= v <= 4 for h, v in sampling):
-                raise ValueError(f"sampling factors {sampling} outside 1..4")
-            return marker, width, height, sampling
-        pos += 2 + length
+            if frame is None:
+                raise ValueError("a scan starts before the frame header")
+            scan_components = data[pos + 4] if pos + 4 < len(data) else 0
+            return _JpegHeader(*frame, restart_interval, pos, scan_components)
         segments += 1
-    raise ValueError(f"no frame header among the first {segments} segments")
+        if segments > _JPEG_MAX_HEADER_SEGMENTS:
+            raise ValueError(
+                f"more than {_JPEG_MAX_HEADER_SEGMENTS} segments before the first scan; "
+                f"at most {_JPEG_MAX_HEADER_SEGMENTS} allowed"
+            )
+        if marker == 0xD9 or pos + 4 > len(data):
+            raise ValueError("the data ends before the first scan")
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if length < 2:
+            raise ValueError(f"segment 0x{marker:02X} at byte {pos} declares a length of {length}")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if frame is not None:
+                raise ValueError(f"a second frame header at byte {pos}")
+            frame = _jpeg_frame(marker, data[pos + 4:pos + 2 + length])
+        elif marker == 0xDD and length >= 4:
+            restart_interval = int.from_bytes(data[pos + 4:pos + 6], "big")
+        pos += 2 + length
+
+
+def _jpeg_marker(data: bytes, pos: int, fill: int) -> tuple[int, int]:
+    """Where the marker due at `pos` starts, past any fill bytes, and the count of fill bytes so far."""
+    # The match stops one byte past the cap, however many fill bytes follow.
+    run = _JPEG_FILL.match(data, pos, pos + _JPEG_MAX_FILL_BYTES - fill + 2)
+    if run is None:
+        if pos >= len(data):
+            raise ValueError("the data ends before the first scan")
+        raise ValueError(f"no marker at byte {pos} of the header")
+    fill += run.end() - pos - 1
+    if fill > _JPEG_MAX_FILL_BYTES:
+        raise ValueError(
+            f"more than {_JPEG_MAX_FILL_BYTES} fill bytes (0xFF before a marker) before the first scan; "
+            f"at most {_JPEG_MAX_FILL_BYTES} allowed"
+        )
+    if run.end() >= len(data):
+        raise ValueError("the data ends before the first scan")
+    return run.end() - 1, fill
+
+
+def _jpeg_frame(marker: int, segment: bytes) -> tuple[int, int, int, int, list[tuple[int, int]]]:
+    """The marker, precision, width, height and each component's sampling factors."""
+    components = segment[5] if len(segment) > 5 else 0
+    if components == 0 or len(segment) < 6 + 3 * components:
+        raise ValueError("truncated frame header")
+    height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
+    sampling = [(f >> 4, f & 15) for f in (segment[7 + 3 * i] for i in range(components))]
+    if not all(1 <= h <= 4 and 1 <= v <= 4 for h, v in sampling):
+        raise ValueError(f"sampling factors {sampling} outside 1..4")
+    return marker, segment[0], width, height, sampling
+
+
+def _check_scans(data: bytes, header: _JpegHeader) -> None:
+    """Refuse more than `_JPEG_MAX_SCANS` scans, and a single scan short of a restart marker.
+
+    Counting start-of-scan markers from the first scan on never finds too
+    few: coded data cannot hold one, as an encoder writes each 0xFF in it as
+    FF 00. A segment between scans could, which only makes the count higher.
+    """
+    scans = data.count(_JPEG_START_OF_SCAN, header.scan_start)
+    if scans > _JPEG_MAX_SCANS:
+        raise ValueError(f"{scans} scans; at most {_JPEG_MAX_SCANS} allowed")
+    if scans == 1 and header.restart_interval and header.scan_components == len(header.sampling):
+        _check_restart_markers(data, header)
+
+
+def _check_restart_markers(data: bytes, header: _JpegHeader) -> None:
+    """Refuse a scan of every component that lacks its last restart marker.
+
+    An encoder writes RST0, RST1 .. RST7, RST0 .. in turn after every
+    `restart_interval` coding units but the last, so the scan's size says
+    which marker comes last and how many of its kind there are. Counting that
+    one kind is one pass over the data and, as with start-of-scan markers,
+    never finds too few: only data cut short holds fewer.
+    """
+    units = _coding_units(header.width, header.height, header.sampling)
+    due = _ceil_div(units, header.restart_interval) - 1
+    if due == 0:
+        return
+    last, expected = (due - 1) % 8, (due - 1) // 8 + 1
+    found = data.count(bytes((0xFF, 0xD0 + last)), header.scan_start)
+    if found < expected:
+        raise ValueError(
+            f"truncated: {found} of the {expected} RST{last} markers that a {header.width}x{header.height} "
+            f"image with a restart marker every {header.restart_interval} coding units holds"
+        )
+
+
+def _coding_units(width: int, height: int, sampling: list[tuple[int, int]]) -> int:
+    """Coding units in a scan of every component: one block each when there is only one component."""
+    if len(sampling) == 1:
+        return _ceil_div(width, 8) * _ceil_div(height, 8)
+    most_h = max(h for h, _ in sampling)
+    most_v = max(v for _, v in sampling)
+    return _ceil_div(width, 8 * most_h) * _ceil_div(height, 8 * most_v)
 
 
 def _least_coded_bytes(width: int, height: int, sampling: list[tuple[int, int]]) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import re
 import struct
+import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -505,5 +507,225 @@ def test_a_jpeg_header_declaring_no_pixels_is_refused():
 
 def test_a_jpeg_header_of_endless_tiny_segments_is_refused():
     data = b"\xff\xd8" + b"\xff\xfe\x00\x02" * 500_000 + b"\xff\xd9"
-    with pytest.raises(ValueError, match=r"corrupt jpeg image .*no frame header among the first 1024 segments"):
+    with pytest.raises(ValueError, match=(
+        r"corrupt jpeg image .*: more than 1024 segments before the first scan; at most 1024 allowed"
+    )):
         compressed_to_rgb8(CompressedImage(format="jpeg", data=data))
+
+
+# --- costs out of proportion to the data, caught before decoding -----------
+
+def _jpeg_bytes(pixels: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels).save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def _progressive_jpeg_of(scans: int) -> bytes:
+    """A small progressive jpeg whose last scan (a refinement) is repeated until it has `scans`."""
+    data = _jpeg_bytes(smooth_rgb(), progressive=True)
+    last = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last:-2] * (scans - data.count(b"\xff\xda")) + b"\xff\xd9"
+
+
+def test_a_progressive_jpeg_of_100_scans_is_accepted():
+    rgb = compressed_to_rgb8(CompressedImage(format="jpeg", data=_progressive_jpeg_of(100)))
+    assert rgb.shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize("scans", [101, 1010])
+def test_a_progressive_jpeg_repeating_a_scan_is_refused_before_decoding(decoded, scans):
+    # Each scan is a pass over every block: 1010 of them at 8000x4000 took 22 s.
+    msg = CompressedImage(format="jpeg", data=_progressive_jpeg_of(scans))
+    with pytest.raises(ValueError, match=(
+        rf"^corrupt jpeg image \(format 'jpeg'\): {scans} scans; at most 100 allowed$"
+    )):
+        compressed_to_rgb8(msg)
+    assert decoded == []
+
+
+def _with_jpeg_fill(data: bytes, count: int) -> bytes:
+    """`data` with `count` fill bytes before its frame header."""
+    start = data.index(b"\xff\xc0")
+    return data[:start] + b"\xff" * count + data[start:]
+
+
+def test_a_few_fill_bytes_before_a_marker_are_accepted():
+    good = _noisy_jpeg(16, 16)
+    expected = compressed_to_rgb8(CompressedImage(format="jpeg", data=good))
+    padded = compressed_to_rgb8(CompressedImage(format="jpeg", data=_with_jpeg_fill(good, 8192)))
+    np.testing.assert_array_equal(padded, expected)
+
+
+def test_fill_bytes_beyond_the_cap_are_refused_before_decoding(decoded):
+    msg = CompressedImage(format="jpeg", data=_with_jpeg_fill(_noisy_jpeg(16, 16), 8193))
+    with pytest.raises(ValueError, match=(
+        r"corrupt jpeg image .*: more than 8192 fill bytes \(0xFF before a marker\) before the first scan; "
+        r"at most 8192 allowed"
+    )):
+        compressed_to_rgb8(msg)
+    assert decoded == []
+
+
+def test_megabytes_of_fill_bytes_are_refused_with_what_they_are():
+    data = b"\xff\xd8" + b"\xff" * 8_000_000 + b"\xff\xd9"
+    with pytest.raises(ValueError, match="more than 8192 fill bytes"):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=data))
+
+
+@pytest.mark.parametrize("segment", [b"\xff\xfe\x00\x02", b"\xff\xe5\x00\x02"], ids=["COM", "APP5"])
+def test_segments_after_the_frame_header_count_toward_the_cap(decoded, segment):
+    good = _noisy_jpeg(16, 16)
+    after_frame = good.index(b"\xff\xc4")  # the first table after the frame header
+    msg = CompressedImage(format="jpeg", data=good[:after_frame] + segment * 1100 + good[after_frame:])
+    with pytest.raises(ValueError, match="more than 1024 segments before the first scan; at most 1024 allowed"):
+        compressed_to_rgb8(msg)
+    assert decoded == []
+
+
+def test_a_second_frame_header_is_refused_before_decoding(decoded):
+    good = _noisy_jpeg(16, 16)
+    start = good.index(b"\xff\xc0")
+    end = start + 2 + int.from_bytes(good[start + 2:start + 4], "big")
+    larger = _jpeg_with_size(good[start:end], 12_000, 12_000)
+    msg = CompressedImage(format="jpeg", data=good[:end] + larger + good[end:])
+    with pytest.raises(ValueError, match=rf"corrupt jpeg image .*: a second frame header at byte {end}$"):
+        compressed_to_rgb8(msg)
+    assert decoded == []
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png(pixels: np.ndarray, idat_size: int = 1 << 20, extra: bytes = b"", colour_type: int = 2,
+         bit_depth: int = 8) -> bytes:
+    """A png of 8-bit RGB or grey `pixels`, its data in IDAT chunks of `idat_size`, `extra` chunks before them."""
+    rows = pixels.reshape(pixels.shape[0], -1)
+    compressed = zlib.compress(np.concatenate([np.zeros((len(rows), 1), np.uint8), rows], 1).tobytes())
+    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], bit_depth, colour_type, 0, 0, 0)
+    idats = b"".join(_png_chunk(b"IDAT", compressed[i:i + idat_size]) for i in range(0, len(compressed), idat_size))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + extra + idats + _png_chunk(b"IEND", b"")
+
+
+def test_the_png_helper_makes_pngs():
+    pixels = random_array("rgb8", 6, 5, seed=11)
+    np.testing.assert_array_equal(compressed_to_rgb8(CompressedImage(format="png", data=_png(pixels))), pixels)
+
+
+def test_a_png_of_one_idat_per_row_is_accepted():
+    # 4096 chunks are allowed whatever the size, enough for an encoder that
+    # flushes each row of a 4096-row image into its own chunk.
+    pixels = random_array("mono8", 4000, 16, seed=12)
+    data = _png(pixels, idat_size=len(zlib.compress(pixels.tobytes())) // 4000 + 1, colour_type=0)
+    assert data.count(b"IDAT") > 3900
+    rgb = compressed_to_rgb8(CompressedImage(format="png", data=data))
+    np.testing.assert_array_equal(rgb[..., 0], pixels)
+
+
+@pytest.mark.parametrize("data", [
+    _png(np.zeros((64, 64, 3), np.uint8), extra=_png_chunk(b"prIv", b"") * 20_000),
+    _png(random_array("rgb8", 64, 64, seed=13), idat_size=1),
+], ids=["empty private chunks", "1-byte IDAT chunks"])
+def test_a_png_of_many_tiny_chunks_is_refused_before_decoding(decoded, data):
+    most = 4096 + len(data) // 1024
+    with pytest.raises(ValueError, match=(
+        rf"corrupt png image .*: more than {most} chunks in {len(data)} bytes; at most {most} allowed "
+        r"\(4096 and one more per 1024 bytes\)"
+    )):
+        compressed_to_rgb8(CompressedImage(format="png", data=data))
+    assert decoded == []
+
+
+def test_a_png_chunk_running_past_the_closing_chunk_is_refused(decoded):
+    good = _png(random_array("rgb8", 8, 8, seed=14))
+    data = good[:33] + struct.pack(">I", int.from_bytes(good[33:37], "big") + 1) + good[37:]
+    with pytest.raises(ValueError, match=r"corrupt png image .*: the chunk at byte 33 runs past the closing IEND"):
+        compressed_to_rgb8(CompressedImage(format="png", data=data))
+    assert decoded == []
+
+
+# --- a jpeg cut short and closed again -------------------------------------
+
+def test_a_jpeg_with_restart_markers_cut_and_closed_again_is_refused_before_decoding(decoded):
+    # 10x10 coding units of 16x16 pixels, a restart marker after each row of them but the last:
+    # nine markers, RST0 .. RST7 then RST0 again.
+    good = _jpeg_bytes(random_array("rgb8", 160, 160, seed=15), restart_marker_rows=1)
+    assert compressed_to_rgb8(CompressedImage(format="jpeg", data=good)).shape == (160, 160, 3)
+    decoded.clear()
+    cut = good[: len(good) // 2] + b"\xff\xd9"
+    with pytest.raises(ValueError, match=(
+        r"corrupt jpeg image .*: truncated: 1 of the 2 RST0 markers that a 160x160 image "
+        r"with a restart marker every 10 coding units holds"
+    )):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=cut))
+    assert decoded == []
+
+
+def test_complete_jpegs_with_restart_markers_are_accepted():
+    for height, width in ((37, 53), (8, 8), (9, 130)):
+        for encoding in ("rgb8", "mono8"):
+            pixels = random_array(encoding, height, width, seed=16)
+            for options in ({"subsampling": 0}, {"subsampling": 1}, {"subsampling": 2},
+                            {"progressive": True}):
+                for restart in ({"restart_marker_blocks": 1}, {"restart_marker_blocks": 3},
+                                {"restart_marker_rows": 1}):
+                    data = _jpeg_bytes(pixels, **options, **restart)
+                    assert b"\xff\xdd" in data
+                    rgb = compressed_to_rgb8(CompressedImage(format="jpeg", data=data))
+                    assert rgb.shape == (height, width, 3)
+
+
+# --- Pillow's own limit and messages ---------------------------------------
+
+@pytest.mark.parametrize("side", [40, 64], ids=["above the warning", "above the error"])
+def test_pillows_pixel_limit_gives_way_to_max_pixels(monkeypatch, side):
+    # Pillow warns above MAX_IMAGE_PIXELS (89 M by default) and refuses above
+    # twice that; lowered here so that the images stay small.
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
+    msg = CompressedImage(format="png", data=_png(np.full((side, side, 3), 90, np.uint8)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rgb = compressed_to_rgb8(msg, max_pixels=side * side)
+    assert rgb.shape == (side, side, 3) and (rgb == 90).all()
+    assert not [w for w in caught if issubclass(w.category, PILImage.DecompressionBombWarning)]
+    assert PILImage.MAX_IMAGE_PIXELS == 1000
+
+
+def test_without_max_pixels_pillows_limit_applies(monkeypatch, decoded):
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
+    small = CompressedImage(format="png", data=_png(np.zeros((40, 50, 3), np.uint8)))
+    assert compressed_to_rgb8(small).shape == (40, 50, 3)
+    decoded.clear()
+    large = CompressedImage(format="png", data=_png(np.zeros((41, 50, 3), np.uint8)))
+    with pytest.raises(ValueError, match=(
+        r"^image of 50x41 exceeds Pillow's limit of 2000 pixels \(twice PIL.Image.MAX_IMAGE_PIXELS\)"
+    )):
+        compressed_to_rgb8(large)
+    assert decoded == []
+
+
+def _jpeg_with_components(data: bytes, components: int) -> bytes:
+    start = data.index(b"\xff\xc0")
+    return data[:start + 9] + bytes([components]) + data[start + 10:]
+
+
+def _jpeg_with_precision(data: bytes, bits: int) -> bytes:
+    """The jpeg `data` as an extended-process frame (the one that allows 12 bits) of `bits` per sample."""
+    start = data.index(b"\xff\xc0")
+    return data[:start + 1] + b"\xc1" + data[start + 2:start + 4] + bytes([bits]) + data[start + 5:]
+
+
+@pytest.mark.parametrize("fmt, data, problem", [
+    ("png", _png(np.zeros((4, 4, 3), np.uint8), colour_type=5),
+     "colour type 5 is not defined; allowed: 0, 2, 3, 4, 6"),
+    ("png", _png(np.zeros((4, 4, 3), np.uint8), bit_depth=4),
+     "bit depth 4 is not defined for colour type 2; allowed: 8, 16"),
+    ("jpeg", _jpeg_with_precision(_noisy_jpeg(16, 16), 12), "12-bit samples are not supported; allowed: 8-bit"),
+    # Refused by Pillow, whose reason comes through.
+    ("jpeg", _jpeg_with_components(_noisy_jpeg(16, 16), 2), "cannot handle 2-layer images"),
+], ids=["png colour type", "png bit depth", "12-bit jpeg", "2-component jpeg"])
+def test_an_unsupported_format_is_named_not_the_stream_object(fmt, data, problem):
+    with pytest.raises(ValueError) as refusal:
+        compressed_to_rgb8(CompressedImage(format=fmt, data=data))
+    assert str(refusal.value) == f"corrupt {fmt} image (format '{fmt}'): {problem}"
