@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from ..input_limits import MAX_ASPECT_RATIO
 
 VOID_TRAIN_ID = 255
 
@@ -37,6 +38,9 @@ MAX_NESTING = 32
 MAX_CONFIG_CHARS = 1_000_000
 # The backbone's deepest feature has stride 32; padding to less breaks the FPN.
 BACKBONE_STRIDE = 32
+# Sizes given for synthetic scenes and training crops: twice the node's default
+# limit, 200 MB of RGB; the paper's model at that size needs tens of GB.
+MAX_SIZE_PIXELS = 8192 * 8192
 # The RoI heads hold a block of features per proposal (box head) and per
 # detection (mask head), for every image: at most this many values each, 1 GiB
 # in fp32, so that a config inside its ranges cannot ask for tens of GB a frame.
@@ -424,13 +428,18 @@ PRESETS = {"b5_cityscapes": b5_cityscapes, "small": small}
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'HEIGHTxWIDTH' -> (height, width); both sides at least 32, the network's smallest."""
+    """'HEIGHTxWIDTH' -> (height, width): both sides at least 32, the network's
+    smallest, and within the limits a camera frame has (see input_limits.py)."""
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"expected HEIGHTxWIDTH, e.g. 256x512, got {text!r}") from None
     if min(height, width) < 32:
         raise ValueError(f"image size {text!r}: both sides must be at least 32")
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        raise ValueError(f"image size {text!r}: an aspect ratio beyond {MAX_ASPECT_RATIO}:1; allowed: at most that")
+    if height * width > MAX_SIZE_PIXELS:
+        raise ValueError(f"image size {text!r}: {height * width} pixels; allowed: at most {MAX_SIZE_PIXELS} (8192x8192)")
     return height, width
 
 

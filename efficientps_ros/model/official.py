@@ -88,7 +88,7 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path}: refused to load: {_refusal(exc)}; only tensors, plain containers and numpy scalars are allowed"
+            f"{path}: refused to load: {pickle_refusal(exc)}; only tensors, plain containers and numpy scalars are allowed"
         ) from None
     # torch.load hands a .safetensors file to safetensors, which raises its own error.
     except (RuntimeError, OSError, EOFError, ValueError, SafetensorError) as exc:
@@ -153,7 +153,7 @@ def convert_official(src: str | Path, dst: str | Path, dataset: str = "cityscape
     return save_checkpoint(model, config, dst)
 
 
-def _refusal(exc: pickle.UnpicklingError) -> str:
+def pickle_refusal(exc: pickle.UnpicklingError) -> str:
     """What the weights-only unpickler refused, without torch's advice to load the file unsafely."""
     text = str(exc)
     refused = re.search(r"GLOBAL (\S+)", text)

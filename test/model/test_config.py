@@ -20,6 +20,7 @@ from efficientps_ros.model.config import (
     check_config,
     config_from_dict,
     load_config,
+    parse_size,
 )
 
 
@@ -263,3 +264,23 @@ def test_an_oversized_network_is_refused_before_any_weight_is_allocated(monkeypa
     with pytest.raises(ValueError, match=r"config 'small': the network would have [\d,]+ parameters; allowed: at most 150,000,000"):
         build_model(config)
     assert devices and set(devices) == {"meta"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("256x", "expected HEIGHTxWIDTH"),
+        ("16x512", "both sides must be at least 32"),
+        ("32x100000", "an aspect ratio beyond 16:1"),
+        ("100000x100000", "10000000000 pixels; allowed: at most 67108864 (8192x8192)"),
+    ],
+)
+def test_image_sizes_beyond_what_a_camera_gives_are_refused(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_size(text)
+
+
+def test_image_sizes_at_the_limits_are_accepted():
+    assert parse_size("256x512") == (256, 512)
+    assert parse_size("32x512") == (32, 512)
+    assert parse_size("8192x8192") == (8192, 8192)
