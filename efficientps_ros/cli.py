@@ -33,11 +33,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predictor import Predictor
     from .visualize import PanopticPainter
 
+    out = Path(args.out)
+    # Made before the model loads: a run must not end at its first output.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot be made ({exc.strerror or exc})") from None
     predictor = Predictor(args.config or (None if args.checkpoint else "small"), args.checkpoint,
                           device=args.device, precision=args.precision)
     painter = PanopticPainter(predictor.config.classes)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     official = PredictionWriter(out, predictor.config.classes)
     for path in args.images:
         image = _read_image(path)
@@ -338,9 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:
-        # Bad input of every kind (config, checkpoint, device) arrives here
-        # with a message that names it; a traceback would only bury it.
+    except (ValueError, OSError) as exc:
+        # Bad input of every kind (config, checkpoint, device), and files that
+        # cannot be read or written, arrive here with a message that names
+        # them; a traceback would only bury it.
         print(f"efficientps {args.command}: {exc}", file=sys.stderr)
         return 2
 

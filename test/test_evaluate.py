@@ -215,6 +215,17 @@ def test_predict_names_a_missing_or_corrupt_image(tmp_path, capsys):
         assert str(path) in err and "not readable as an image" in err and "Traceback" not in err
 
 
+def test_predict_names_an_output_folder_it_cannot_make_before_it_loads_the_model(tmp_path, capsys, monkeypatch):
+    built = []
+    monkeypatch.setattr("efficientps_ros.predictor.Predictor", lambda *args, **kwargs: built.append(args))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["predict", str(tmp_path / "any.png"), "--out", str(afile / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"efficientps predict: --out {afile / 'out'}: cannot be made (Not a directory)\n"
+    assert built == []
+
+
 def test_the_packaged_model_segments_streets_it_never_saw():
     # 20 scenes of a test-split stream that no training scene can come from and
     # that the README's numbers do not use. Measured with the packaged model:

@@ -9,6 +9,7 @@ import io
 import re
 import shutil
 import time
+import tracemalloc
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +18,20 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 from rosbags.highlevel import AnyReader
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag1 import Writer as Ros1Writer
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer, storage_mcap
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from efficientps_ros.cli import main
-from efficientps_ros.ros.bag import BagError
+from efficientps_ros.ros.bag import BagError, CorruptMessage
+from efficientps_ros.ros.bag import source as source_module
 from efficientps_ros.ros.bag.message_types import definition
 from efficientps_ros.ros.bag.offline import choose_cameras, run_bag
 from efficientps_ros.ros.bag.play import PlayOptions, due_after, playable_topics, time_window
 from efficientps_ros.ros.bag.record import is_output_topic
-from efficientps_ros.ros.bag.source import BagSource
+from efficientps_ros.ros.bag.sink import BagSink, check_new_folder
+from efficientps_ros.ros.bag.source import BagSource, zstd
 
 from .conftest import wait_until
 
@@ -466,6 +470,197 @@ def test_a_param_that_is_not_yaml_is_refused_naming_it(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+RELIABLE = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.VOLATILE, QosTime(0, 0),
+               QosTime(0, 0), QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
+
+
+def _camera_bag(path: Path, frames: int = 2, compression: CompressionMode = CompressionMode.NONE) -> Path:
+    """One raw camera offered reliable, and a /chatter message, as a recorder stores them;
+    compressed as `compression` says."""
+    writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+    if compression != CompressionMode.NONE:
+        writer.set_compression(compression, CompressionFormat.ZSTD)
+    with writer:
+        camera = writer.add_connection("/cam_a/image_raw", "sensor_msgs/msg/Image", typestore=ROS2,
+                                       offered_qos_profiles=[RELIABLE])
+        for index in range(frames):
+            image = _raw_image(ROS2, frame_time(index), "frame_0", picture(index, 0))
+            writer.write(camera, frame_time(index), ROS2.serialize_cdr(image, "sensor_msgs/msg/Image"))
+        chatter = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=ROS2)
+        words = ROS2.types["std_msgs/msg/String"](data="hi")
+        writer.write(chatter, FIRST_NS, ROS2.serialize_cdr(words, "std_msgs/msg/String"))
+    return path
+
+
+def _edit_metadata(bag: Path, old: str, new: str) -> None:
+    """Change the first `old` in the bag's metadata.yaml to `new`, as a hand edit would."""
+    metadata = bag / "metadata.yaml"
+    text = metadata.read_text()
+    assert old in text, text
+    metadata.write_text(text.replace(old, new, 1))
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded")
+
+
+@pytest.mark.parametrize("old, new, why", [
+    ("type: sensor_msgs/msg/Image", "type: sensor_msgs/msg/CompressedImage",
+     "its type is sensor_msgs/msg/CompressedImage in metadata.yaml, sensor_msgs/msg/Image in the storage"),
+    ("reliability: reliable", "reliability: best_effort",
+     "its offered QoS reliability is best_effort in metadata.yaml, reliable in the storage"),
+], ids=["type", "qos"])
+def test_a_metadata_yaml_that_does_not_match_the_storage_is_named_before_the_model_loads(
+        old, new, why, tmp_path, capsys, monkeypatch):
+    bag = _camera_bag(tmp_path / "in")
+    # rosbags passes over storage connections that differ from the metadata: the topic would read as empty.
+    _edit_metadata(bag, old, new)
+    monkeypatch.setattr("efficientps_ros.ros.bag.offline.load_model", _no_model)
+    code, err = _run_cli(capsys, "run", bag, tmp_path / "out")
+    assert code == 2 and _one_line_error(err) == (
+        f"efficientps bag: bag {bag}, topic /cam_a/image_raw: metadata.yaml lists 2 messages, none of which can be "
+        f"read: {why}; `ros2 bag reindex` writes metadata.yaml anew from the storage")
+    assert not (tmp_path / "out").exists()
+    lines = []
+    with BagSource(bag) as source:
+        assert list(playable_topics(source, (), lines.append)) == ["/chatter"]
+    assert lines == [f"bag {bag}, topic /cam_a/image_raw: metadata.yaml lists 2 messages, none of which can be "
+                     f"read: {why}; `ros2 bag reindex` writes metadata.yaml anew from the storage; not played"]
+
+
+def test_a_run_that_reads_fewer_frames_than_the_bag_lists_fails_naming_the_topic(tmp_path, capsys):
+    bag = _camera_bag(tmp_path / "in")
+    _edit_metadata(bag, "message_count: 2", "message_count: 5")
+    code, err = _run_cli(capsys, "run", bag, tmp_path / "out", "--device", "cpu")
+    shortfall = [line for line in re.split(r"[\r\n]", err) if "were read" in line]
+    assert code == 1 and shortfall == [
+        f"bag {bag}, topic /cam_a/image_raw: the bag lists 5 messages, 2 were read; its index or metadata.yaml "
+        "does not match its messages (damaged, or edited by hand?)"], err
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    bag = _camera_bag(tmp_path / "in", frames=1)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setattr("efficientps_ros.ros.bag.offline.load_model", _no_model)
+    code, err = _run_cli(capsys, "run", bag, afile / "out")
+    assert code == 2 and _one_line_error(err) == (
+        f"efficientps bag: bag {afile / 'out'}: cannot be made: {afile} is a file, not a folder")
+    with pytest.raises(BagError, match=f"bag {afile / 'deeper' / 'out'}: cannot be made"):
+        BagSink(afile / "deeper" / "out")
+    # The check makes the folders it needs and takes them away again.
+    check_new_folder(tmp_path / "a" / "b" / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "in"]
+
+
+def test_a_bag_compressed_file_by_file_is_refused_before_anything_is_expanded(tmp_path, capsys):
+    bag = _camera_bag(tmp_path / "in", frames=1, compression=CompressionMode.FILE)
+    for command in ("run", "play"):
+        args = (bag, tmp_path / "out") if command == "run" else (bag,)
+        code, err = _run_cli(capsys, command, *args)
+        assert code == 2 and _one_line_error(err) == (
+            f"efficientps bag: bag {bag}: compressed file by file (compression_mode: file), which is not read "
+            f"here; decompress it into a new bag first: rosbags-convert --src {bag} --dst NEW_BAG")
+
+
+def test_a_bag_compressed_message_by_message_is_read_and_a_message_beyond_the_limit_is_refused(tmp_path, monkeypatch):
+    bag = _camera_bag(tmp_path / "in", compression=CompressionMode.MESSAGE)
+    with BagSource(bag) as source:
+        read = [source.cdr(message) for message in source.messages({"/cam_a/image_raw"})]
+    expected = [ROS2.serialize_cdr(_raw_image(ROS2, frame_time(i), "frame_0", picture(i, 0)), "sensor_msgs/msg/Image")
+                for i in range(2)]
+    assert read == [bytes(data) for data in expected]
+
+    # 8 MiB of zeros compressed, in a bag that says its messages are compressed.
+    bomb = tmp_path / "bomb"
+    with Writer(bomb, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection("/cam_a/image_raw", "sensor_msgs/msg/Image", typestore=ROS2)
+        writer.write(connection, FIRST_NS, zstd.compress(bytes(8 * 2**20)))
+    _edit_metadata(bomb, "compression_format: ''", "compression_format: zstd")
+    _edit_metadata(bomb, "compression_mode: ''", "compression_mode: message")
+    monkeypatch.setattr(source_module, "MAX_UNPACKED_BYTES", 2**20)
+    with BagSource(bomb) as source:
+        (message,) = source.messages()
+        tracemalloc.start()
+        try:
+            with pytest.raises(CorruptMessage) as refused:
+                source.cdr(message)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert str(refused.value) == (f"bag {bomb}, topic /cam_a/image_raw, message 0 at 0.000 s: corrupt message (its "
+                                  f"zstd data expands beyond {2**20} bytes, the most a message may take here)")
+    # Refused having expanded a piece at a time, never the whole message.
+    assert peak < 4 * 2**20
+
+
+def test_an_mcap_chunk_is_refused_beyond_the_limit_or_the_size_it_declares(tmp_path, monkeypatch):
+    bag = _camera_bag(tmp_path / "in", frames=1, compression=CompressionMode.STORAGE)
+    monkeypatch.setattr(source_module, "MAX_UNPACKED_BYTES", 16384)
+    with pytest.raises(BagError, match=rf"^bag {re.escape(str(bag))}: in\.mcap: a chunk declares \d+ bytes "
+                                       r"uncompressed, more than the 16384 a chunk may take here"):
+        BagSource(bag)
+    # A chunk that declares a small size and expands to a large one stops at what it declares.
+    bomb = zstd.compress(bytes(8 * 2**20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(Exception, match="a chunk compressed with zstd expands beyond the 1000 bytes it declares"):
+            storage_mcap.decompress(bomb, "zstd", 1000, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+
+
+def _ros1_bz2_bag(path: Path) -> Path:
+    writer = Ros1Writer(path)
+    writer.set_compression(Ros1Writer.CompressionFormat.BZ2)
+    with writer:
+        connection = writer.add_connection("/cam_a/image_raw", "sensor_msgs/msg/Image", typestore=ROS1)
+        message = _raw_image(ROS1, FIRST_NS, "frame_0", picture(0, 0), ros1=True)
+        writer.write(connection, FIRST_NS, ROS1.serialize_ros1(message, "sensor_msgs/msg/Image"))
+    return path
+
+
+def test_a_ros1_chunk_is_refused_beyond_the_limit_or_the_size_it_declares(tmp_path, monkeypatch):
+    bag = _ros1_bz2_bag(tmp_path / "in.bag")
+    with monkeypatch.context() as patch:
+        patch.setattr(source_module, "MAX_UNPACKED_BYTES", 16384)
+        with pytest.raises(BagError, match=rf"^bag {re.escape(str(bag))}: a chunk declares \d+ bytes uncompressed, "
+                                           "more than the 16384 a chunk may take here"):
+            BagSource(bag)
+    # The chunk header's size field, 4 bytes after its name, now declares 100 bytes.
+    data = bytearray(bag.read_bytes())
+    field = data.index(b"\x09\x00\x00\x00size=") + 9
+    data[field:field + 4] = (100).to_bytes(4, "little")
+    bag.write_bytes(bytes(data))
+    with BagSource(bag) as source, pytest.raises(BagError, match=(
+            rf"^bag {re.escape(str(bag))}, before its first message: a chunk compressed with bz2 expands beyond "
+            "the 100 bytes it declares")):
+        list(source.messages())
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["play", "BAG", "--duration", "inf"], "--duration must be a finite number above 0 (got inf)"),
+    (["play", "BAG", "--duration", "nan"], "--duration must be a finite number above 0 (got nan)"),
+    (["play", "BAG", "--start", "nan"], "--start must be a finite number, 0 or more (got nan)"),
+    (["play", "BAG", "--rate", "inf"], "--rate must be a finite number above 0 (got inf)"),
+    (["play", "BAG", "--wait-for-subscribers", "nan"],
+     "--wait-for-subscribers must be a finite number, 0 or more (got nan)"),
+    (["play", "BAG", "--wait-for-subscribers", "-1"],
+     "--wait-for-subscribers must be a finite number, 0 or more (got -1.0)"),
+    (["play", "BAG", "--subscribers", "0"], "--subscribers must be 1 or more (got 0)"),
+    (["record", "OUT", "--topics", "/x", "--duration", "nan"], "--duration must be a finite number above 0 (got nan)"),
+    (["record", "OUT", "--topics", "/x", "--duration", "-1"], "--duration must be a finite number above 0 (got -1.0)"),
+])
+def test_play_and_record_refuse_options_out_of_range_naming_them(args, complaint, tmp_path, capsys):
+    # Checked before the bag is opened or anything of ROS is started.
+    bag, out = tmp_path / "missing", tmp_path / "out"
+    code, err = _run_cli(capsys, *[{"BAG": bag, "OUT": out}.get(arg, arg) for arg in args])
+    assert code == 2 and _one_line_error(err) == f"efficientps bag: {complaint}"
+    assert not out.exists()
+
+
 # --- pieces -----------------------------------------------------------------
 
 def test_the_play_window_and_timing_follow_start_duration_and_rate():
@@ -473,6 +668,8 @@ def test_the_play_window_and_timing_follow_start_duration_and_rate():
     assert time_window(10**12, 0.0, 2.0) == (10**12, 10**12 + 2_000_000_000)
     assert due_after(10**12 + 3_000_000_000, 10**12, 2.0) == pytest.approx(1.5)
     assert due_after(10**12 + 3_000_000_000, 10**12, 0.5) == pytest.approx(6.0)
+    # A duration beyond every bag time (int64 nanoseconds) plays to the end.
+    assert time_window(10**12, 0.0, 1e300) == (10**12, None)
 
 
 def test_start_and_duration_select_the_messages_played(tmp_path):

@@ -25,7 +25,7 @@ from ..node import load_model
 from ..params import OUTPUTS, SPECS_BY_NAME, NodeSettings, output_prefix
 from ..pipeline import PerceptionPipeline
 from .message_types import COMPRESSED_IMAGE, IMAGE, message_class
-from .sink import BagSink, offered_qos
+from .sink import BagSink, check_new_folder, offered_qos
 from .source import BagError, BagSource, CorruptMessage
 
 OUTPUT_TYPES = {
@@ -54,7 +54,8 @@ class ImageTopic:
 
 
 def image_topics(source: BagSource, wanted: list[str] | None) -> list[ImageTopic]:
-    """The bag's Image and CompressedImage topics, or the `wanted` ones; BagError names what is missing."""
+    """The bag's Image and CompressedImage topics, or the `wanted` ones; BagError names what is missing,
+    or a topic whose messages cannot be read."""
     found = {topic: TRANSPORTS[msgtype] for topic, msgtype in source.topics.items() if msgtype in TRANSPORTS}
     for topic in wanted or ():
         if topic not in source.topics:
@@ -64,7 +65,12 @@ def image_topics(source: BagSource, wanted: list[str] | None) -> list[ImageTopic
                            f"type ({IMAGE} or {COMPRESSED_IMAGE})")
     if not found:
         raise BagError(f"bag {source.path}: no image topic (topics: {_listing(source)})")
-    return [ImageTopic(topic, found[topic]) for topic in (wanted or sorted(found))]
+    chosen = wanted or sorted(found)
+    for topic in chosen:
+        # Its frames would all be lost: better said now than after the model has loaded.
+        if topic in source.unreadable:
+            raise BagError(f"bag {source.path}, topic {topic}: {source.unreadable[topic]}")
+    return [ImageTopic(topic, found[topic]) for topic in chosen]
 
 
 def choose_cameras(source: BagSource, wanted: list[str] | None, output_namespace: str,
@@ -146,10 +152,11 @@ def run_bag(in_path: str | Path, out_path: str | Path, topics: list[str] | None 
     `parameters` are node parameters by name (device, precision, model.checkpoint,
     thresholds...). Bad messages are reported and skipped; a bag that breaks
     off ends the run with what was written so far closed and readable.
-    BagError (a ValueError) for a bag that cannot be run at all.
+    BagError (a ValueError) for a bag that cannot be run at all. A topic of
+    which fewer messages were read than the bag lists is a failure too.
     """
-    if Path(out_path).exists():
-        raise BagError(f"bag {out_path}: exists already; give a new folder")
+    # Checked before anything is loaded: a run must not end at its first output.
+    check_new_folder(out_path)
     unknown = sorted(set(parameters or {}) - set(SPECS_BY_NAME))
     if unknown:
         raise ValueError(f"unknown node parameter(s) {', '.join(unknown)}; known: {', '.join(SPECS_BY_NAME)}")
@@ -200,6 +207,7 @@ def _run(source: BagSource, sink: BagSink, cameras: list[ImageTopic], settings: 
     stats = {c.topic: CameraStats(throttle_s=0.0) for c in cameras}
     pipelines = {t: PerceptionPipeline(predictor, s, outputs, stats, skips.pipeline_error) for t, s in settings.items()}
     by_topic = {c.topic: c for c in cameras}
+    read = dict.fromkeys(by_topic, 0)
     result = RunReport()
     progress = tqdm(total=sum(source.counts[c.topic] for c in cameras), unit="frame",
                     desc=f"bag run {source.path.name}", file=sys.stderr)
@@ -215,11 +223,24 @@ def _run(source: BagSource, sink: BagSink, cameras: list[ImageTopic], settings: 
                 outputs[camera.topic].timestamp = message.timestamp
                 pipelines[camera.transport].process([Frame(camera.topic, decoded, time.monotonic())])
             result.frames += 1
+            read[message.topic] += 1
             progress.update()
     except BagError as exc:
         result.failure = str(exc)
         report(result.failure)
     finally:
         progress.close()
+    if not result.failure:
+        shortfalls = [_shortfall(source, topic, count) for topic, count in read.items()
+                      if count < source.counts[topic]]
+        for line in shortfalls:
+            report(line)
+        result.failure = "; ".join(shortfalls)
     result.skipped = skips.count
     return result
+
+
+def _shortfall(source: BagSource, topic: str, count: int) -> str:
+    # rosbags passes over what it cannot match to the bag's own listing without a word.
+    return (f"bag {source.path}, topic {topic}: the bag lists {source.counts[topic]} messages, {count} were read; "
+            "its index or metadata.yaml does not match its messages (damaged, or edited by hand?)")

@@ -6,6 +6,7 @@ follows the bag's time, so that nodes with use_sim_time run on bag time.
 """
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -36,6 +37,8 @@ CLOCK_HZ = 50.0
 MATCH_SETTLE_S = 1.5
 # How long each publisher may wait at the end for its reliable subscribers to acknowledge.
 ACK_TIMEOUT_S = 2.0
+# Bag times are int64 nanoseconds: a window that reaches past the last of them has no end.
+LAST_NS = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,9 @@ class PlayOptions:
 def time_window(bag_start: int, start: float, duration: float | None) -> tuple[int, int | None]:
     """[begin, stop) in bag time (ns) for `start` seconds into the bag and `duration` seconds on."""
     begin = bag_start + round(start * 1e9)
-    return begin, None if duration is None else begin + round(duration * 1e9)
+    if duration is None or duration * 1e9 >= LAST_NS - begin:
+        return begin, None
+    return begin, begin + round(duration * 1e9)
 
 
 def due_after(timestamp: int, begin: int, rate: float) -> float:
@@ -62,14 +67,30 @@ def due_after(timestamp: int, begin: int, rate: float) -> float:
 
 
 def check_options(options: PlayOptions) -> None:
-    if not options.rate > 0:
-        raise ValueError(f"--rate must be above 0 (got {options.rate})")
-    if options.start < 0 or (options.duration is not None and options.duration <= 0):
-        raise ValueError(f"--start must be 0 or more and --duration above 0 (got {options.start}, {options.duration})")
+    check_number("--rate", options.rate, above=0)
+    check_number("--start", options.start, at_least=0)
+    if options.duration is not None:
+        check_number("--duration", options.duration, above=0)
+    check_number("--wait-for-subscribers", options.wait_for_subscribers, at_least=0)
+    if options.subscribers < 1:
+        raise ValueError(f"--subscribers must be 1 or more (got {options.subscribers})")
+
+
+def check_number(option: str, value: float, above: float | None = None, at_least: float | None = None) -> None:
+    """ValueError naming `option` unless `value` is finite and above `above` (or at least `at_least`).
+
+    NaN fails every comparison, so that a check like `value < 0` lets it
+    through; infinity overflows bag times, or never ends a wait.
+    """
+    if above is not None and not (math.isfinite(value) and value > above):
+        raise ValueError(f"{option} must be a finite number above {above:g} (got {value})")
+    if at_least is not None and not (math.isfinite(value) and value >= at_least):
+        raise ValueError(f"{option} must be a finite number, {at_least:g} or more (got {value})")
 
 
 def playable_topics(source: BagSource, wanted: tuple[str, ...], report: Callable[[str], None]) -> dict[str, type]:
-    """Topic -> rclpy class of each topic to play; topics of types not installed here are reported and left out."""
+    """Topic -> rclpy class of each topic to play; topics of types not installed here, or whose
+    messages cannot be read, are reported and left out."""
     for topic in wanted:
         if topic not in source.topics:
             raise BagError(f"bag {source.path}, topic {topic}: not in the bag")
@@ -77,7 +98,9 @@ def playable_topics(source: BagSource, wanted: tuple[str, ...], report: Callable
     for topic in wanted or sorted(source.topics):
         msgtype = source.topics[topic]
         cls = message_class(msgtype)
-        if cls is None:
+        if topic in source.unreadable:
+            report(f"bag {source.path}, topic {topic}: {source.unreadable[topic]}; not played")
+        elif cls is None:
             report(f"bag {source.path}, topic {topic}: type {msgtype} is not installed here; not played")
         else:
             playable[topic] = cls

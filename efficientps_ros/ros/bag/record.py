@@ -20,6 +20,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from ..params import OUTPUTS
 from .message_types import message_class
+from .play import check_number
 from .sink import BagSink, offered_qos
 from .source import BagError
 
@@ -36,6 +37,14 @@ class RecordOptions:
     output_namespace: str = "efficientps"
     storage: str = "mcap"
     duration: float | None = None  # seconds; None: until SIGINT
+
+
+def check_options(options: RecordOptions) -> None:
+    if not options.topics and not options.all_outputs:
+        raise ValueError("give --topics or --all-outputs")
+    if options.duration is not None:
+        # NaN or a negative duration would end the recording before it began.
+        check_number("--duration", options.duration, above=0)
 
 
 def is_output_topic(topic: str, output_namespace: str) -> bool:
@@ -109,8 +118,7 @@ class Recorder:
 def record_bag(out: str | Path, options: RecordOptions,
                report: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, int]:
     """Record until SIGINT, SIGTERM or `options.duration`; returns the message count per topic."""
-    if not options.topics and not options.all_outputs:
-        raise ValueError("give --topics or --all-outputs")
+    check_options(options)
     sink = BagSink(out, options.storage)
     stop = []
     # The signal only ends the loop, never interrupts a write half done.
