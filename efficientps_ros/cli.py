@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
+
+# A split names folders and files inside a dataset.
+SPLIT_NAMES = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -68,8 +72,27 @@ def _read_image(path: str):
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: not readable as an image ({exc})") from None
+
+
+def _split_name(split: str) -> str:
+    """A split is a folder name inside the dataset: refuse paths, which would lead out of it."""
+    if not SPLIT_NAMES.fullmatch(split):
+        raise ValueError(f"--split {split!r}: allowed: 1 to 64 letters, digits, '_' or '-'")
+    return split
+
+
+def _writable_file(path: str, option: str) -> Path:
+    """`path` with its folder made, checked before the work whose result it will hold."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{option} {target}: its folder cannot be made ({exc.strerror or exc})") from None
+    if target.is_dir():
+        raise ValueError(f"{option} {target}: is a folder; give a file name")
+    return target
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -86,16 +109,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         config = read_config(args.checkpoint)
     classes = load_class_table(args.classes) if args.classes else config.classes
     check_same_classes(config.classes, classes)
-    dataset = PanopticDataset(args.data, args.split, classes)
+    dataset = PanopticDataset(args.data, _split_name(args.split), classes)
+    json_path = _writable_file(args.json, "--json") if args.json else None
     predictor = Predictor(config, args.checkpoint, device=args.device, precision=args.precision)
     summary = evaluate(predictor, dataset, limit=args.limit, brightness=args.brightness,
                        save_predictions=args.save_predictions)
     summary.update(data=str(args.data), split=args.split, weights=str(predictor.weights_source))
     print(format_table(summary))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=1))
-        print(f"wrote {args.json}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=1))
+        print(f"wrote {json_path}")
     return 0
 
 
@@ -109,7 +132,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     height, width = parse_size(args.size)
     if args.count < 1 or args.seed < 0:
         raise ValueError(f"--count must be at least 1 and --seed non-negative, got {args.count} and {args.seed}")
-    with DatasetWriter(args.out, args.split, CITYSCAPES_CLASSES) as writer:
+    split = _split_name(args.split)
+    listing = Path(args.out) / "gtFine" / f"cityscapes_panoptic_{split}.json"
+    if listing.exists():
+        # Its scenes would stay on disk, no longer listed.
+        raise ValueError(f"{args.out}: split {split!r} exists already ({listing}); give another --out or --split")
+    with DatasetWriter(args.out, split, CITYSCAPES_CLASSES) as writer:
         for index in tqdm(range(args.count), desc="synth", unit="scene"):
             scene = street_scene(height, width, seed=scene_seed(args.split, args.seed, index))
             # Cityscapes names images {city}_{sequence}_{frame}: here the stream seed and the index.

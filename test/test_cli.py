@@ -1,0 +1,49 @@
+"""The `efficientps` command's own checks: options refused before any work, in one line."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from efficientps_ros.cli import main
+
+
+@pytest.mark.parametrize("split", ["../../escape", "", "a/b", "val/.."])
+def test_a_split_that_is_not_a_plain_name_is_refused(tmp_path, capsys, split):
+    assert main(["synth", str(tmp_path / "data"), "--count", "1", "--size", "32x64", "--split", split]) == 2
+    assert f"--split {split!r}: allowed: 1 to 64 letters, digits" in capsys.readouterr().err
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "data").exists()
+    assert main(["evaluate", "--data", str(tmp_path), "--split", split, "--device", "cpu"]) == 2
+    assert "--split" in capsys.readouterr().err
+
+
+def test_synth_into_a_split_that_exists_is_refused_and_leaves_it_alone(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--count", "2", "--size", "32x64"]) == 0
+    listing = data / "gtFine" / "cityscapes_panoptic_val.json"
+    before = listing.read_bytes()
+    assert main(["synth", str(data), "--count", "1", "--seed", "5", "--size", "32x64"]) == 2
+    assert "split 'val' exists already" in capsys.readouterr().err
+    assert listing.read_bytes() == before
+    assert main(["synth", str(data), "--count", "1", "--size", "32x64", "--split", "test"]) == 0
+
+
+def test_evaluate_refuses_a_json_path_it_cannot_write_before_it_evaluates(tmp_path, capsys, monkeypatch):
+    built = []
+    monkeypatch.setattr("efficientps_ros.predictor.Predictor", lambda *args, **kwargs: built.append(args))
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--count", "1", "--size", "32x64"]) == 0
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    assert main(["evaluate", "--data", str(data), "--device", "cpu", "--json", str(blocker / "x.json")]) == 2
+    assert "--json" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(data), "--device", "cpu", "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert built == []
+
+
+def test_predict_names_an_image_beyond_pillows_limit(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
+    assert main(["predict", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "big.png: not readable as an image" in err and "Traceback" not in err
