@@ -21,11 +21,11 @@ threads from spinning against each other, which otherwise slows steps manyfold.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,7 @@ from .distributed import (
 )
 from .model import build_model
 from .model.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from .model.config import EfficientPSConfig, config_from_dict, load_config, parse_size
+from .model.config import CITYSCAPES_CLASSES, EfficientPSConfig, config_from_dict, load_config, parse_size
 from .model.pretrained import load_backbone_weights
 from .training.batches import (
     StepBatches,
@@ -67,6 +67,7 @@ from .training.state import (
     TrainingState,
     capture_rng,
     checkpoint_stem,
+    dump_json,
     load_training_state,
     prune_checkpoints,
     read_training_info,
@@ -81,6 +82,8 @@ __all__ = ["TrainResult", "best_path", "lr_factor", "main", "make_optimizer", "s
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# --threads: more than any machine's cores only makes OpenMP start threads that wait on each other.
+MAX_THREADS = 1024
 
 
 @dataclass
@@ -218,27 +221,77 @@ def train(
     if out is None:
         raise ValueError("train: an output checkpoint path (out) is needed")
     out = Path(out)
-    info = read_training_info(resume) if resume is not None else None
-    recipe, config = _resolve_setup(config, recipe, settings, info)
+    work_dir = Path(work_dir) if work_dir else default_work_dir(out)
+    if resume is not None:
+        info = read_training_info(resume)
+        recipe, config = _resumed_setup(info, resume, settings)
+    else:
+        recipe, config = _resolve_setup(config, recipe, settings)
+    _check_outputs(out, work_dir)
     context = init_distributed(device)
     try:
-        return _Run(context, config, recipe, out, Path(work_dir) if work_dir else default_work_dir(out),
-                    save_dtype, data, progress).run(init, backbone_weights, resume)
+        run = _Run(context, config, recipe, out, work_dir, save_dtype, data, progress)
+        return run.run(init, backbone_weights, resume)
     finally:
         shutdown(context)
 
 
 def _resolve_setup(
-    config: EfficientPSConfig | str | None, recipe: Recipe | None, settings: dict[str, Any], info: dict | None
+    config: EfficientPSConfig | str | None, recipe: Recipe | None, settings: dict[str, Any]
 ) -> tuple[Recipe, EfficientPSConfig]:
-    """The recipe and config of a run; a resumed run brings its own, and flags still override the recipe."""
-    if info is not None:
-        resumed = recipe_from_dict(info["recipe"]).replace(**settings)
-        return resumed, config_from_dict(info["config"], where="training checkpoint config")
+    """The recipe and config of a new run; flags override the recipe."""
     recipe = (recipe or Recipe()).replace(**settings)
     if config is None:
         config = recipe.preset
     return recipe, load_config(config) if isinstance(config, (str, Path)) else config
+
+
+def _resumed_setup(
+    info: dict[str, Any], resume: str | Path, settings: dict[str, Any]
+) -> tuple[Recipe, EfficientPSConfig]:
+    """A resumed run's own recipe and config, flags still overriding the recipe, and steps left to train."""
+    where = f"training checkpoint {resume}"
+    for key in ("recipe", "config"):
+        if key not in info:
+            raise CheckpointError(f"{where}: its JSON has no {key!r}, which every run's checkpoint holds")
+    try:
+        stored = recipe_from_dict(info["recipe"])
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: recipe: {exc}") from None
+    recipe = stored.replace(**settings)
+    config = config_from_dict(info["config"], where=f"{where}: config")
+    if info["iteration"] >= recipe.steps:
+        # Its weights are there to export as they are: `efficientps average` writes one checkpoint's too.
+        raise ValueError(
+            f"{where} is at step {info['iteration']}, and the run has {recipe.steps} steps: nothing is left to "
+            f"train; give --steps above {info['iteration']} to go on, or write its weights with "
+            f"`efficientps average --out OUT {resume}`"
+        )
+    return recipe, config
+
+
+def _check_outputs(out: Path, work_dir: Path) -> None:
+    """Refuse outputs that could not be written before any training, rather than when it ends.
+
+    The directories are made now, as the run would make them, and a nameless
+    temporary file in each shows they take files.
+    """
+    for path in (out, best_path(out)):
+        if path.is_dir():
+            raise ValueError(f"output checkpoint {out}: {path} is a directory; give the file to write")
+    for directory, what in ((out.parent, f"the directory of the output checkpoint {out}"),
+                            (work_dir, "the run directory")):
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(f"{what}, {directory}, is a file, not a directory")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{what}, {directory}, cannot be made: {exc.strerror or exc} ({exc.filename})") from None
+        try:
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{what}, {directory}, takes no new files: {exc.strerror or exc}") from None
 
 
 class _Run:
@@ -291,7 +344,10 @@ class _Run:
         return self._finish(done)
 
     def _resume(self, path: str | Path) -> int:
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        base_lrs = list(self.scheduler.base_lrs)
         state = load_training_state(path, self.model, self.optimizer, self.scheduler, self.scaler)
+        self._follow_recipe(settings, base_lrs, state.iteration)
         restore_rng(state.rng, self.context)
         self.history = list(state.info.get("history", []))
         self.best = state.info.get("best")
@@ -299,6 +355,20 @@ class _Run:
         self.skipped_in_row = state.info.get("skipped_in_row", 0)
         log.info("resumed %s at step %d of %d", path, state.iteration, self.recipe.steps)
         return state.iteration
+
+    def _follow_recipe(self, settings: list[dict[str, Any]], base_lrs: list[float], start: int) -> None:
+        """Give the optimiser and schedule back the recipe's settings, which the checkpoint's replaced.
+
+        torch restores a group's learning rate, momentum and decay with its
+        state, and the schedule's base rate with its own, so a rate given with
+        --resume would otherwise go unused. With the run's own recipe these are
+        the values stored, to the bit.
+        """
+        self.scheduler.base_lrs = base_lrs
+        self.scheduler.last_epoch = start
+        for group, own, base in zip(self.optimizer.param_groups, settings, base_lrs):
+            group.update(own)
+            group["lr"] = base * recipe_lr_factor(self.recipe, start)
 
     def _loop(self, loader, start: int) -> int:
         recipe, main = self.recipe, self.context.is_main
@@ -405,7 +475,8 @@ class _Run:
             self.history.append({"step": done, **metrics})
             self.log.validation(done, metrics)
             log.info("step %d: val PQ %.4f mIoU %.4f", done, metrics["pq"], metrics["miou"])
-            if better(metrics, self.best):
+            # A validation without a single defined score (no class seen) says nothing about the weights.
+            if _defined(metrics) and better(metrics, self.best):
                 self.best = {"step": done, **metrics}
                 save_checkpoint(self.model, self.config, best_path(self.out), dtype=self.save_dtype)
         barrier(self.context)
@@ -431,7 +502,7 @@ class _Run:
             best_checkpoint=best_path(self.out) if self.best else None,
             best_miou=best.get("miou", -1.0),
             history=self.history,
-            best_pq=best.get("pq", math.nan),
+            best_pq=_nan_if_none(best.get("pq", math.nan)),
             work_dir=self.work_dir,
             iteration=done,
         )
@@ -453,16 +524,44 @@ class _Run:
             "skipped_steps": self.skipped_steps,
             "best": self.best,
         }
-        (self.work_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        (self.work_dir / "summary.json").write_text(dump_json(summary))
+
+
+def _defined(metrics: dict[str, float]) -> bool:
+    return any(metrics.get(k) is not None and not math.isnan(metrics[k]) for k in ("pq", "miou"))
+
+
+def _nan_if_none(value: float | None) -> float:
+    # A checkpoint stores an undefined score as null.
+    return math.nan if value is None else value
 
 
 def _datasets(data: str | Path | None, config: EfficientPSConfig, recipe: Recipe):
-    """The training dataset (None: synthetic) and the validation scenes."""
+    """The training dataset (None: synthetic) and the validation scenes; refuses what cannot train."""
     if data is None:
+        if tuple(config.classes) != CITYSCAPES_CLASSES:
+            raise ValueError(
+                f"the config has its own class table ({len(config.classes)} classes), but the synthetic scenes "
+                "carry Cityscapes train ids: training without --data needs the Cityscapes class table"
+            )
         return None, validation_scenes(recipe.image_size, recipe.val_count)
     from .data.datasets import PanopticDataset
 
-    return PanopticDataset(data, "train", config.classes), PanopticDataset(data, "val", config.classes)
+    splits = PanopticDataset(data, "train", config.classes), PanopticDataset(data, "val", config.classes)
+    for split, dataset in zip(("train", "val"), splits):
+        if len(dataset) == 0:
+            raise ValueError(f"dataset {data}: the {split} split lists no images; training needs both splits")
+    return splits
+
+
+def _threads(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads, got {text!r}") from None
+    if not 1 <= count <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_THREADS} threads, got {count}")
+    return count
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -492,7 +591,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=None, help="logs and training checkpoints (default: OUT.run)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--fp16", action="store_true", help="store the weights in half precision")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     recipe = parser.add_argument_group("recipe overrides")
     recipe.add_argument("--steps", type=int)
@@ -523,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     quiet = os.environ.get("RANK", "0") != "0"  # the other ranks speak only of trouble
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
         recipe = load_recipe(args.recipe) if args.recipe else Recipe()
@@ -537,6 +636,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input of every kind (recipe, config, checkpoint, dataset, device) names itself here.
         print(f"efficientps train: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A file that could be checked at the start but failed later (a full disk, a vanished directory).
+        print(f"efficientps train: {exc}", file=sys.stderr)
+        return 1
     except FloatingPointError as exc:
         print(f"efficientps train: {exc}; resume from the last checkpoint in the run directory, "
               "perhaps with a lower --lr", file=sys.stderr)

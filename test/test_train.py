@@ -193,7 +193,7 @@ def test_a_run_writes_logs_curves_and_a_summary(tmp_path):
 
 def test_bad_settings_are_refused_by_name(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "x.safetensors"), "--steps", "0"]) == 2
-    assert "steps: expected at least 1" in capsys.readouterr().err
+    assert "steps: expected an integer from 1 to" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "x.safetensors"), "--amp", "fp16", "--device", "cpu"]) == 2
     assert "amp 'fp16' needs a CUDA device" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "x.safetensors"), "--resume", str(tmp_path / "none.json")]) == 2
@@ -388,3 +388,118 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run_by_name(tmp_path, monke
     assert main(argv) == 1
     message = capsys.readouterr().err
     assert "3 steps in a row up to step 3" in message and "max_skipped_steps 2" in message
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails a test that builds a network: refusals must come before any training work."""
+    monkeypatch.setattr(train_module, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+
+
+def _refused(argv, capsys):
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_unwritable_outputs_are_refused_before_any_training(tmp_path, capsys, no_model):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    base = ["--steps", "1", "--device", "cpu"]
+    err = _refused([*base, "--out", str(afile / "w.safetensors")], capsys)
+    assert f"the directory of the output checkpoint {afile / 'w.safetensors'}, {afile}, is a file" in err
+    err = _refused([*base, "--out", str(tmp_path / "w.safetensors"), "--work-dir", str(afile)], capsys)
+    assert f"the run directory, {afile}, is a file, not a directory" in err
+    err = _refused([*base, "--out", str(afile / "deeper" / "w.safetensors")], capsys)
+    assert "cannot be made: Not a directory" in err
+    (tmp_path / "dir.safetensors").mkdir()
+    err = _refused([*base, "--out", str(tmp_path / "dir.safetensors")], capsys)
+    assert f"{tmp_path / 'dir.safetensors'} is a directory; give the file to write" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_os_error_during_the_run_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "w.safetensors"))
+
+    monkeypatch.setattr(train_module, "train", full_disk)
+    assert main(["--out", str(tmp_path / "w.safetensors")]) == 1
+    expected = f"efficientps train: [Errno 28] No space left on device: '{tmp_path / 'w.safetensors'}'\n"
+    assert capsys.readouterr().err == expected
+
+
+@pytest.mark.parametrize("count", ["-1", "0", "100000", "two"])
+def test_the_thread_count_is_refused_unless_positive(tmp_path, capsys, count):
+    with pytest.raises(SystemExit) as raised:
+        main(["--out", str(tmp_path / "w.safetensors"), "--threads", count])
+    assert raised.value.code == 2 and "argument --threads: expected" in capsys.readouterr().err
+
+
+def test_a_class_table_of_its_own_needs_a_dataset(tmp_path, capsys, no_model):
+    config = tmp_path / "three.yaml"
+    config.write_text(
+        "preset: small\nclasses:\n"
+        "  - {train_id: 0, label_id: 7, name: road, color: [128, 64, 128], is_thing: false}\n"
+        "  - {train_id: 1, label_id: 11, name: building, color: [70, 70, 70], is_thing: false}\n"
+        "  - {train_id: 2, label_id: 26, name: car, color: [0, 0, 142], is_thing: true}\n"
+    )
+    err = _refused(["--out", str(tmp_path / "w.safetensors"), "--preset", str(config), "--device", "cpu"], capsys)
+    assert "own class table (3 classes)" in err and "needs the Cityscapes class table" in err
+
+
+def test_a_split_without_images_is_refused_before_training(tmp_path, monkeypatch, capsys, no_model):
+    import efficientps_ros.data.datasets as datasets
+
+    class Listed(list):
+        """A dataset whose val split lists nothing, however the datasets module treats that itself."""
+
+        def __init__(self, root, split, classes):
+            super().__init__([] if split == "val" else [None])
+
+    monkeypatch.setattr(datasets, "PanopticDataset", Listed)
+    err = _refused(["--out", str(tmp_path / "w.safetensors"), "--data", str(tmp_path), "--device", "cpu"], capsys)
+    assert f"dataset {tmp_path}: the val split lists no images" in err
+
+
+def test_undefined_validation_scores_are_null_in_the_json_and_never_best(tmp_path, monkeypatch):
+    undefined = dict.fromkeys(("pq", "sq", "rq", "pq_things", "pq_stuff", "miou"), math.nan)
+    monkeypatch.setattr(train_module, "validate", lambda *args, **kwargs: dict(undefined))
+    out = tmp_path / "nan.safetensors"
+    result = train("small", out, **{**_SHORT, "steps": 2, "val_every": 1})
+    strict = {"parse_constant": lambda name: pytest.fail(f"{name} in the JSON")}
+    summary = json.loads((result.work_dir / "summary.json").read_text(), **strict)
+    assert summary["best"] is None and not best_path(out).exists() and result.best_checkpoint is None
+    # The checkpoint of step 2 is written before that step's validation.
+    meta = json.loads((result.work_dir / "checkpoints" / "iter_0000002.json").read_text(), **strict)
+    assert meta["history"] == [{"step": 1, **dict.fromkeys(undefined)}] and meta["best"] is None
+
+
+def test_resuming_a_finished_run_is_refused_naming_both_steps(uninterrupted, tmp_path, capsys, no_model):
+    checkpoint = uninterrupted.work_dir / "checkpoints" / "iter_0000004.json"
+    err = _refused(["--resume", str(checkpoint), "--out", str(tmp_path / "w.safetensors"), "--device", "cpu"], capsys)
+    assert f"training checkpoint {checkpoint} is at step 4, and the run has 4 steps: nothing is left to train" in err
+    assert "--steps above 4" in err and not (tmp_path / "w.safetensors").exists()
+
+
+def test_a_checkpoint_without_its_recipe_is_refused_by_name(uninterrupted, tmp_path, capsys, no_model):
+    source = uninterrupted.work_dir / "checkpoints" / "iter_0000002"
+    meta = json.loads(source.with_suffix(".json").read_text())
+    del meta["recipe"]
+    (tmp_path / "iter_0000002.json").write_text(json.dumps(meta))
+    (tmp_path / "iter_0000002.safetensors").symlink_to(source.with_suffix(".safetensors"))
+    err = _refused(["--resume", str(tmp_path / "iter_0000002.json"), "--out", str(tmp_path / "w.safetensors")], capsys)
+    assert "iter_0000002.json: its JSON has no 'recipe'" in err
+
+
+def test_a_learning_rate_given_with_resume_is_the_one_used(uninterrupted, tmp_path, monkeypatch):
+    rates, real_step = [], train_module.train_step
+
+    def step(model, optimizer, *args, **kwargs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return real_step(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", step)
+    checkpoint = uninterrupted.work_dir / "checkpoints" / "iter_0000002.json"
+    settings = {**_SHORT, "steps": 3, "lr": 0.5}
+    train("small", tmp_path / "faster.safetensors", resume=checkpoint, **settings)
+    recipe = Recipe(**{k: v for k, v in settings.items() if k not in ("device", "progress")})
+    assert rates == [pytest.approx(0.5 * train_module.recipe_lr_factor(recipe, 2))]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, state_dict_mismatch
 from .norm import NormAct
+from .official import check_archive, pickle_refusal
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,11 @@ _CONTAINERS = ("state_dict", "model", "state_dict_ema")
 
 
 def read_timm_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a timm checkpoint: safetensors, or a torch file read without executing code."""
+    """The tensors of a timm checkpoint: safetensors, or a torch file read without executing code.
+
+    A zip-format torch file's directory is checked first (`official.check_archive`):
+    torch.load would unpack a crafted, compressed entry in full.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: backbone weights file not found")
@@ -38,8 +45,15 @@ def read_timm_state(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+            state = _load_torch_file(path)
+    except CheckpointError:
+        raise  # check_archive's refusal names the file already
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: not a readable timm checkpoint: refused to load: {pickle_refusal(exc)}; only tensors and "
+            "plain containers are allowed"
+        ) from None
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
         raise CheckpointError(f"{path}: not a readable timm checkpoint ({exc})") from None
     for key in _CONTAINERS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -48,6 +62,15 @@ def read_timm_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a mapping of tensor names to tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_torch_file(path: Path):
+    if zipfile.is_zipfile(path):
+        check_archive(path)
+    # The outcome is reported by the caller; torch's warnings about the pickle protocol would only add noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def backbone_state(timm_state: dict[str, torch.Tensor], backbone: nn.Module) -> dict[str, torch.Tensor]:

@@ -13,11 +13,58 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ..model.config import MAX_CONFIG_CHARS, MAX_SIZE_PIXELS, parse_document, parse_size
 
 SCHEDULES = ("cosine", "step")
 AMP_MODES = ("off", "bf16", "fp16")
 LOSS_TERMS = ("loss_semantic", "loss_rpn_cls", "loss_rpn_reg", "loss_cls", "loss_box", "loss_mask")
+
+# Bounds past which a value is a typo or a crafted file rather than a run.
+# A billion steps is decades at a step a second; the step loader's length must fit an index.
+MAX_STEPS = 10**9
+# Images per process and step: the authors' recipe has 1 of 1024x2048, the CPU one 2 of 256x512.
+MAX_BATCH_SIZE = 256
+# Loader processes: each is a whole Python process with its batches in flight; more than a
+# large machine's cores only competes with the step for them.
+MAX_WORKERS = 64
+# COCO's val split, the largest common one, has 5,000 images; synthetic validation
+# scenes are made up front and held in memory together.
+MAX_VAL_COUNT = 5000
+# torch.manual_seed takes the seed plus the rank in 64 bits; numpy's seeds are 32-bit words.
+MAX_SEED = 2**32 - 1
+# SGD on this network diverges well below these; beyond them a value is a typo.
+MAX_LR = 10.0
+MAX_LOSS_WEIGHT = 100.0
+# At 1 the velocity never decays and SGD with momentum diverges.
+MAX_MOMENTUM = 0.999
+MAX_WEIGHT_DECAY = 1.0
+# A recipe is a page of YAML; UTF-8 takes at most 4 bytes a character.
+MAX_RECIPE_BYTES = 4 * MAX_CONFIG_CHARS
+
+# (least, most) of each integer field.
+_INTEGER_RANGES = {
+    "steps": (1, MAX_STEPS),
+    "batch_size": (1, MAX_BATCH_SIZE),
+    "warmup": (0, MAX_STEPS),
+    "max_skipped_steps": (0, MAX_STEPS),
+    "seed": (0, MAX_SEED),
+    "log_every": (1, MAX_STEPS),
+    "val_every": (1, MAX_STEPS),
+    "val_count": (1, MAX_VAL_COUNT),
+    "checkpoint_every": (1, MAX_STEPS),
+    "keep_checkpoints": (0, MAX_STEPS),
+    "workers": (0, MAX_WORKERS),
+}
+# (least, most) of each real-valued field; NaN and infinity are never in range.
+_REAL_RANGES = {
+    "flip_probability": (0.0, 1.0),
+    "lr": (0.0, MAX_LR),
+    "momentum": (0.0, MAX_MOMENTUM),
+    "weight_decay": (0.0, MAX_WEIGHT_DECAY),
+    "warmup_ratio": (0.0, 1.0),
+    # A drop of the rate at each milestone: 1 keeps it, 0 stops learning.
+    "gamma": (0.0, 1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -75,7 +122,7 @@ class Recipe:
         unknown = sorted(set(given) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise ValueError(f"recipe: unknown settings {unknown}")
-        return dataclasses.replace(self, **{k: _coerce(k, v, "recipe") for k, v in given.items()})
+        return dataclasses.replace(self, **{k: _coerce(k, v, k) for k, v in given.items()})
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -83,22 +130,35 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"recipe {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"recipe {path}: not valid YAML ({exc})") from None
+    where = f"recipe {path}"
+    data = parse_document(_read_text(path, where), where, "yaml")
     if not isinstance(data, dict):
-        raise ValueError(f"recipe {path}: expected a mapping at the top level")
+        raise ValueError(f"{where}: expected a mapping at the top level")
     data.pop("notes", None)  # free text about the recipe's source
     try:
         return recipe_from_dict(data)
     except ValueError as exc:
-        raise ValueError(f"recipe {path}: {exc}") from None
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _read_text(path: Path, where: str) -> str:
+    """The file as UTF-8 text; a file too large to be a recipe is refused before it is read in full."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_RECIPE_BYTES + 1)
+        if len(raw) > MAX_RECIPE_BYTES:
+            raise ValueError(f"{where}: larger than {MAX_RECIPE_BYTES:,} bytes; a recipe is a page of YAML")
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot be read ({exc.strerror or exc})") from None
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     fields = {f.name for f in dataclasses.fields(Recipe)}
-    unknown = sorted(set(data) - fields)
+    # Keys are shown as text: YAML also has number keys, which do not sort among strings.
+    unknown = sorted(str(k) for k in data if k not in fields)
     if unknown:
         raise ValueError(f"unknown keys {unknown}; allowed: {sorted(fields)}")
     return Recipe(**{k: _coerce(k, v, k) for k, v in data.items()})
@@ -159,36 +219,92 @@ def _coerce(key: str, value: Any, where: str) -> Any:
 def _number(value: Any, where: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{where}: expected a number, got {value!r}")
+    try:
+        float(value)  # YAML integers have any number of digits; every field is used as a float somewhere
+    except OverflowError:
+        raise ValueError(f"{where}: expected a number, got an integer of {len(str(value))} digits") from None
     return value
 
 
 def _check(recipe: Recipe) -> None:
-    positive = ("steps", "batch_size", "log_every", "val_every", "checkpoint_every")
-    for name in positive:
-        if getattr(recipe, name) < 1:
-            raise ValueError(f"{name}: expected at least 1, got {getattr(recipe, name)}")
-    for name in ("val_count", "warmup", "workers", "seed", "max_skipped_steps", "keep_checkpoints"):
-        if getattr(recipe, name) < 0:
-            raise ValueError(f"{name}: expected 0 or more, got {getattr(recipe, name)}")
+    """Every field's type and range; ValueError names the first bad field and what it allows."""
+    for name, (low, high) in _INTEGER_RANGES.items():
+        _check_range(name, getattr(recipe, name), low, high, integer=True)
+    for name, (low, high) in _REAL_RANGES.items():
+        _check_range(name, getattr(recipe, name), low, high)
     if recipe.schedule not in SCHEDULES:
         raise ValueError(f"schedule: expected one of {SCHEDULES}, got {recipe.schedule!r}")
     if recipe.amp not in AMP_MODES:
         raise ValueError(f"amp: expected one of {AMP_MODES}, got {recipe.amp!r}")
-    if not 0.0 <= recipe.flip_probability <= 1.0:
-        raise ValueError(f"flip_probability: expected 0..1, got {recipe.flip_probability}")
-    if recipe.lr < 0 or recipe.clip <= 0:
-        raise ValueError(f"lr must be >= 0 and clip > 0, got lr {recipe.lr}, clip {recipe.clip}")
+    if not (math.isfinite(recipe.clip) and recipe.clip > 0):
+        raise ValueError(f"clip: expected a finite gradient norm above 0, got {recipe.clip}")
     for name in ("image_size", "crop_size"):
-        size = getattr(recipe, name)
-        if len(size) != 2 or min(size) < 32 or any(not float(s).is_integer() for s in size):
-            raise ValueError(f"{name}: expected [height, width], both integers of at least 32, got {list(size)}")
-    if not recipe.scales or min(recipe.scales) <= 0:
-        raise ValueError(f"scales: expected positive factors, got {list(recipe.scales)}")
-    low, high = (recipe.scale_range + (0.0, 0.0))[:2]
-    if len(recipe.scale_range) != 2 or not 0 < low <= high:
-        raise ValueError(f"scale_range: expected [low, high] with 0 < low <= high, got {list(recipe.scale_range)}")
-    if list(recipe.milestones) != sorted(recipe.milestones):
-        raise ValueError(f"milestones: expected increasing steps, got {list(recipe.milestones)}")
-    unknown = sorted(set(recipe.loss_weights) - set(LOSS_TERMS))
+        _check_size(name, getattr(recipe, name))
+    _check_scales(recipe)
+    _check_scale_range(recipe)
+    _check_milestones(recipe.milestones)
+    _check_loss_weights(recipe.loss_weights)
+
+
+def _check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
+    """Refuse a value outside low..high; NaN compares false, so it is refused too."""
+    # The type first: a field given to the constructor directly has not been through _coerce.
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name}: expected {kind} from {low:,} to {high:,}, got {value!r}")
+
+
+def _check_size(name: str, size: tuple) -> None:
+    """[height, width] within the limits of a size given on the command line (see parse_size)."""
+    if len(size) != 2 or any(not math.isfinite(s) or not float(s).is_integer() for s in size) or min(size) < 32:
+        raise ValueError(f"{name}: expected [height, width], both integers of at least 32, got {list(size)}")
+    try:
+        parse_size(f"{int(size[0])}x{int(size[1])}")
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def _check_scales(recipe: Recipe) -> None:
+    """Positive factors whose largest keeps the synthetic scenes within the image size limit."""
+    scales = recipe.scales
+    if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise ValueError(f"scales: expected finite factors above 0, got {list(scales)}")
+    height, width = (side * max(scales) for side in recipe.image_size)
+    if height * width > MAX_SIZE_PIXELS:
+        raise ValueError(
+            f"scales: {max(scales)} times image_size {recipe.image_size[0]}x{recipe.image_size[1]} makes "
+            f"{height:.0f}x{width:.0f} scenes, {height * width:,.0f} pixels; "
+            f"allowed: at most {MAX_SIZE_PIXELS:,} (8192x8192)"
+        )
+
+
+def _check_scale_range(recipe: Recipe) -> None:
+    """[low, high] with the dataset images, resized by up to `high` around crop_size, within the limit."""
+    shown = list(recipe.scale_range)
+    if len(recipe.scale_range) != 2 or any(not math.isfinite(s) for s in recipe.scale_range):
+        raise ValueError(f"scale_range: expected [low, high], two finite numbers, got {shown}")
+    low, high = recipe.scale_range
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range: expected [low, high] with 0 < low <= high, got {shown}")
+    pixels = recipe.crop_size[0] * recipe.crop_size[1] * high * high
+    if pixels > MAX_SIZE_PIXELS:
+        raise ValueError(
+            f"scale_range: images resized by up to {high} around crop_size {recipe.crop_size[0]}x{recipe.crop_size[1]} "
+            f"reach {pixels:,.0f} pixels; allowed: at most {MAX_SIZE_PIXELS:,} (8192x8192)"
+        )
+
+
+def _check_milestones(milestones: tuple) -> None:
+    if any(not math.isfinite(m) or not float(m).is_integer() or not 1 <= m <= MAX_STEPS for m in milestones):
+        raise ValueError(f"milestones: expected steps from 1 to {MAX_STEPS}, got {list(milestones)}")
+    if list(milestones) != sorted(milestones):
+        raise ValueError(f"milestones: expected increasing steps, got {list(milestones)}")
+
+
+def _check_loss_weights(weights: dict[str, float]) -> None:
+    unknown = sorted(set(weights) - set(LOSS_TERMS))
     if unknown:
         raise ValueError(f"loss_weights: unknown terms {unknown}; the network's are {list(LOSS_TERMS)}")
+    for term, weight in weights.items():
+        _check_range(f"loss_weights.{term}", weight, 0.0, MAX_LOSS_WEIGHT)

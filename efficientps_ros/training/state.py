@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,19 @@ from torch import nn
 
 from ..distributed import DistContext, gather_tensor
 from ..model.checkpoint import CheckpointError, load_weights
+from ..model.config import MAX_CONFIG_CHARS, parse_document
+from .recipe import MAX_STEPS
 
 log = logging.getLogger(__name__)
 
 FORMAT = "efficientps_ros/train-state/1"
 # The model's tensors are stored under this prefix, beside the optimiser's and the random states.
 MODEL_PREFIX = "model/"
+# The JSON half is read whole before it is parsed; parse_document allows this many characters,
+# and UTF-8 takes at most 4 bytes a character. A run's own is kilobytes plus ~200 bytes a validation.
+MAX_INFO_BYTES = 4 * MAX_CONFIG_CHARS
+# The generator states a rank may have: the CPU's, and the GPU's on a GPU.
+RNG_NAMES = ("torch", "cuda")
 
 
 @dataclass
@@ -76,8 +84,23 @@ def save_training_state(
         **state.info,
     }
     _atomic(stem.with_suffix(".safetensors"), lambda tmp: save_file(tensors, str(tmp)))
-    _atomic(stem.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+    _atomic(stem.with_suffix(".json"), lambda tmp: tmp.write_text(dump_json(meta)))
     return stem.with_suffix(".json")
+
+
+def dump_json(value: Any) -> str:
+    """`value` as strict JSON: an undefined score (NaN) or an infinity becomes null, which every reader takes."""
+    return json.dumps(_finite_or_none(value), indent=1, allow_nan=False)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def prune_checkpoints(directory: Path, keep: int) -> list[Path]:
@@ -110,15 +133,81 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def read_training_info(path: str | Path) -> dict[str, Any]:
-    """The JSON half of a checkpoint, checked for its format."""
+    """The JSON half of a checkpoint, checked for its format and the types and ranges of its fields."""
     stem = resolve_checkpoint(path)
+    where = f"{stem}.json"
     try:
-        meta = json.loads(stem.with_suffix(".json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{stem}.json: not a readable training checkpoint ({exc})") from None
+        with stem.with_suffix(".json").open("rb") as handle:
+            raw = handle.read(MAX_INFO_BYTES + 1)
+        if len(raw) > MAX_INFO_BYTES:
+            raise ValueError(f"{where}: larger than {MAX_INFO_BYTES:,} bytes, which no run writes")
+        meta = parse_document(raw.decode("utf-8"), where, "json")
+    except OSError as exc:
+        raise CheckpointError(f"{where}: not a readable training checkpoint ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{where}: not a readable training checkpoint (not UTF-8: {exc.reason})") from None
+    except ValueError as exc:  # parse_document's message names the file
+        raise CheckpointError(str(exc)) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{stem}.json: not an efficientps_ros training checkpoint (format {FORMAT!r} expected)")
+        raise CheckpointError(f"{where}: not an efficientps_ros training checkpoint (format {FORMAT!r} expected)")
+    _check_info(meta, where)
     return meta
+
+
+def _check_info(meta: dict[str, Any], where: str) -> None:
+    """Refuse fields of the wrong type or range by name, before anything is built from them."""
+    _check_count(meta, "iteration", 0, MAX_STEPS, where)
+    _check_count(meta, "ranks", 1, None, where)
+    for key in ("optimizer", "scheduler", "scaler"):
+        _check_type(meta, key, dict, "a mapping", where)
+    optimizer = meta["optimizer"]
+    groups, plain = optimizer.get("param_groups"), optimizer.get("state")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise CheckpointError(f"{where}: optimizer.param_groups: expected a list of mappings, got {_shown(groups)}")
+    if not isinstance(plain, dict) or not all(isinstance(v, dict) for v in plain.values()):
+        raise CheckpointError(f"{where}: optimizer.state: expected a mapping of mappings, got {_shown(plain)}")
+    # What a run adds (train.py): optional here, typed where present.
+    for key in ("recipe", "config", "sampler"):
+        if key in meta:
+            _check_type(meta, key, dict, "a mapping", where)
+    if "history" in meta and not (isinstance(meta["history"], list) and all(_is_scores(h) for h in meta["history"])):
+        raise CheckpointError(f"{where}: history: expected a list of validation scores, got {_shown(meta['history'])}")
+    if meta.get("best") is not None and not _is_scores(meta["best"]):
+        raise CheckpointError(f"{where}: best: expected validation scores or null, got {_shown(meta['best'])}")
+    for key in ("skipped_steps", "skipped_in_row"):
+        if key in meta:
+            _check_count(meta, key, 0, MAX_STEPS, where)
+    if "world_size" in meta:
+        _check_count(meta, "world_size", 1, None, where)
+
+
+def _check_count(meta: dict[str, Any], key: str, low: int, high: int | None, where: str) -> None:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f"an integer from {low:,} to {high:,}" if high is not None else f"an integer of at least {low}"
+        shown = "nothing" if key not in meta else _shown(value)
+        raise CheckpointError(f"{where}: {key}: expected {allowed}, got {shown}")
+
+
+def _check_type(meta: dict[str, Any], key: str, kind: type, name: str, where: str) -> None:
+    if not isinstance(meta.get(key), kind):
+        shown = "nothing" if key not in meta else _shown(meta[key])
+        raise CheckpointError(f"{where}: {key}: expected {name}, got {shown}")
+
+
+def _is_scores(value: Any) -> bool:
+    """A validation row: named numbers, null where a score is undefined."""
+    return isinstance(value, dict) and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value.values()
+    )
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: containers by type and size, since a crafted one may be huge."""
+    if isinstance(value, (dict, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -137,6 +226,15 @@ def _read_tensors(stem: Path, wanted) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{stem}.safetensors: tensors could not be read ({exc})") from None
 
 
+def _tensor_names(stem: Path) -> list[str]:
+    """The keys of `stem`.safetensors, from its header alone."""
+    try:
+        with safe_open(str(stem.with_suffix(".safetensors")), framework="pt") as handle:
+            return list(handle.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{stem}.safetensors: tensors could not be read ({exc})") from None
+
+
 def _model_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix(MODEL_PREFIX): v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
 
@@ -151,18 +249,97 @@ def load_training_state(
     """Restore the model, optimiser, scheduler and scaler from a checkpoint; returns the rest."""
     stem = resolve_checkpoint(path)
     meta = read_training_info(stem)
+    # The JSON's rank count must be that of the generator states stored, checked before either is used.
+    _check_rng_names(_tensor_names(stem), meta["ranks"], f"{stem}.safetensors")
     tensors = _read_tensors(stem, lambda _key: True)
     load_weights(model, _model_part(tensors), f"{stem}.safetensors")
-    optimizer.load_state_dict(_optimizer_state(meta["optimizer"], tensors))
-    scheduler.load_state_dict(meta["scheduler"])
+    _load_part(stem, "optimizer", lambda: optimizer.load_state_dict(_optimizer_state(meta["optimizer"], tensors)))
+    schedule = _scheduler_state(meta["scheduler"], scheduler, stem)
+    _load_part(stem, "scheduler", lambda: scheduler.load_state_dict(schedule))
     if meta["scaler"]:
-        scaler.load_state_dict(meta["scaler"])
+        _check_scaler(meta["scaler"], stem)
+        _load_part(stem, "scaler", lambda: scaler.load_state_dict(meta["scaler"]))
     rng = [
-        {name: tensors[f"rng/{rank}/{name}"] for name in ("torch", "cuda") if f"rng/{rank}/{name}" in tensors}
-        for rank in range(int(meta["ranks"]))
+        {name: tensors[f"rng/{rank}/{name}"] for name in RNG_NAMES if f"rng/{rank}/{name}" in tensors}
+        for rank in range(meta["ranks"])
     ]
+    _check_rng_states(rng, f"{stem}.safetensors")
     skip = {"format", "iteration", "optimizer", "scheduler", "scaler", "ranks"}
-    return TrainingState(int(meta["iteration"]), rng, {k: v for k, v in meta.items() if k not in skip})
+    return TrainingState(meta["iteration"], rng, {k: v for k, v in meta.items() if k not in skip})
+
+
+def _check_rng_names(names: list[str], ranks: int, where: str) -> None:
+    """Every rank 0..ranks-1 has its CPU generator state under rng/<rank>/, and nothing else is there."""
+    present: dict[int, set[str]] = {}
+    for key in names:
+        if not key.startswith("rng/"):
+            continue
+        rank, _, name = key.removeprefix("rng/").partition("/")
+        if not rank.isdecimal() or name not in RNG_NAMES:
+            raise CheckpointError(f"{where}: {key!r} is no generator state (rng/<rank>/torch or rng/<rank>/cuda)")
+        present.setdefault(int(rank), set()).add(name)
+    # Whole ranks 0..ranks-1 without building a range of the claimed size, which may be crafted.
+    whole = len(present) == ranks and min(present) == 0 and max(present) == ranks - 1
+    if not whole or any("torch" not in found for found in present.values()):
+        raise CheckpointError(
+            f"{where}: the JSON says {ranks} processes, but the generator states stored are those of "
+            f"{len(present)} (ranks {sorted(present)[:8]}{'...' if len(present) > 8 else ''})"
+        )
+
+
+def _check_rng_states(rng: list[dict[str, torch.Tensor]], where: str) -> None:
+    """Generator states are bytes; the CPU's has the size this torch's has."""
+    size = torch.get_rng_state().numel()
+    for rank, states in enumerate(rng):
+        for name, state in states.items():
+            if state.dtype != torch.uint8 or state.dim() != 1 or (name == "torch" and state.numel() != size):
+                raise CheckpointError(
+                    f"{where}: rng/{rank}/{name}: expected a generator state (uint8, {size} bytes for torch), "
+                    f"got {state.dtype} of shape {tuple(state.shape)}"
+                )
+
+
+def _scheduler_state(
+    state: dict[str, Any], scheduler: torch.optim.lr_scheduler.LRScheduler, stem: Path
+) -> dict[str, Any]:
+    """The keys of `state` this scheduler has, each checked against the kind of value it holds.
+
+    torch copies every key of a scheduler state onto the scheduler itself, so
+    a crafted one could replace any attribute; a key that another torch
+    version wrote and this one lacks is left out.
+    """
+    ours = scheduler.state_dict()
+    known = {k: v for k, v in state.items() if k in ours}
+    for key, value in known.items():
+        if _kind(value) != _kind(ours[key]):
+            raise CheckpointError(f"{stem}.json: scheduler.{key}: expected {_kind(ours[key])}, got {_shown(value)}")
+    if any(fn is not None for fn in known.get("lr_lambdas", [])):
+        raise CheckpointError(f"{stem}.json: scheduler.lr_lambdas: a run's schedule is a function, stored as null")
+    return known
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "true, false or null"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a list" if isinstance(value, list) else type(value).__name__
+
+
+def _check_scaler(state: dict[str, Any], stem: Path) -> None:
+    for key, value in state.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise CheckpointError(
+                f"{stem}.json: scaler.{key}: expected a finite number of at least 0, got {_shown(value)}"
+            )
+
+
+def _load_part(stem: Path, part: str, load) -> None:
+    """Run one of torch's load_state_dict calls, whose errors on a state of another shape name no file."""
+    try:
+        load()
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"{stem}: the {part} state does not fit this run ({type(exc).__name__}: {exc})") from None
 
 
 def capture_rng(context: DistContext) -> list[dict[str, torch.Tensor]]:
@@ -185,14 +362,20 @@ def restore_rng(states: list[dict[str, torch.Tensor]], context: DistContext) -> 
     mine = states[context.rank]
     torch.set_rng_state(mine["torch"])
     if "cuda" in mine and context.device.type == "cuda":
-        torch.cuda.set_rng_state(mine["cuda"], context.device)
+        try:
+            torch.cuda.set_rng_state(mine["cuda"], context.device)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"the checkpoint's GPU generator state of rank {context.rank} does not fit: {exc}"
+            ) from None
 
 
 def _optimizer_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The optimiser's state dict from its tensors and its plain values; a key of another form raises ValueError."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer/"):
-            _, index, name = key.split("/", 2)
+            _, index, name = key.split("/", 2)  # ValueError for "optimizer/x" as well
             state.setdefault(int(index), {})[name] = value
     for index, entries in plain["state"].items():
         state.setdefault(int(index), {}).update(entries)

@@ -94,3 +94,38 @@ def test_another_width_is_refused(tmp_path, backbone):
 def test_a_missing_file_is_named(tmp_path, backbone):
     with pytest.raises(CheckpointError, match="nope.safetensors: backbone weights file not found"):
         load_backbone_weights(backbone, tmp_path / "nope.safetensors")
+
+
+def test_a_torch_file_whose_entries_were_recompressed_is_refused_before_unpacking(tmp_path, backbone):
+    import zipfile
+
+    plain = tmp_path / "plain.pth"
+    torch.save({"conv_stem.weight": torch.zeros(4 * 2**20)}, plain)  # 16 MB of zeros
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
+        for entry in source.infolist():
+            target.writestr(entry.filename, source.read(entry.filename))
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match=r"bomb.pth: entry '.*' is compressed"):
+        load_backbone_weights(backbone, bomb)
+
+
+def test_a_refused_pickle_is_named_without_advice_to_load_it_unsafely(tmp_path, timm_state, backbone):
+    hostile = tmp_path / "hostile.pth"
+    torch.save({"state_dict": timm_state, "hook": _Payload()}, hostile)
+    with pytest.raises(CheckpointError) as raised:
+        load_backbone_weights(backbone, hostile)
+    message = str(raised.value)
+    assert "refused to load: it holds the type" in message and "_Payload" in message
+    assert "weights_only" not in message and "\n" not in message
+
+
+def test_a_newer_pickle_protocol_loads_without_a_warning(tmp_path, timm_state, backbone):
+    import warnings
+
+    path = tmp_path / "protocol3.pth"
+    torch.save(timm_state, path, pickle_protocol=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_backbone_weights(backbone, path)
+    assert torch.equal(backbone.state_dict()["conv_stem.weight"], timm_state["conv_stem.weight"])

@@ -44,8 +44,8 @@ def test_the_cpu_recipe_loads():
         ("crop_size: [16, 2048]\n", "crop_size: expected \\[height, width\\]"),
         ("loss_weights: {loss_depth: 1.0}\n", "loss_weights: unknown terms \\['loss_depth'\\]"),
         ("milestones: [300, 100]\n", "milestones: expected increasing steps"),
-        ("max_skipped_steps: -1\n", "max_skipped_steps: expected 0 or more, got -1"),
-        ("keep_checkpoints: -2\n", "keep_checkpoints: expected 0 or more, got -2"),
+        ("max_skipped_steps: -1\n", "max_skipped_steps: expected an integer from 0 to .*, got -1"),
+        ("keep_checkpoints: -2\n", "keep_checkpoints: expected an integer from 0 to .*, got -2"),
         ("- a list\n", "expected a mapping at the top level"),
     ],
 )
@@ -63,3 +63,59 @@ def test_overrides_replace_single_fields_and_none_keeps_the_recipe():
     assert (changed.lr, changed.steps, changed.image_size) == (0.1, 10, (64, 128))
     with pytest.raises(ValueError, match="unknown settings \\['speed'\\]"):
         recipe.replace(speed=3)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lr": float("nan")}, "lr: expected a number from 0.0 to 10.0, got nan"),
+        ({"lr": float("inf")}, "lr: expected a number from 0.0 to 10.0, got inf"),
+        ({"clip": float("nan")}, "clip: expected a finite gradient norm above 0, got nan"),
+        ({"clip": 0.0}, "clip: expected a finite gradient norm above 0, got 0.0"),
+        ({"momentum": -5}, "momentum: expected a number from 0.0 to 0.999, got -5.0"),
+        ({"weight_decay": float("nan")}, "weight_decay: expected a number from 0.0 to 1.0, got nan"),
+        ({"warmup_ratio": float("nan")}, "warmup_ratio: expected a number from 0.0 to 1.0, got nan"),
+        ({"gamma": -1}, "gamma: expected a number from 0.0 to 1.0, got -1.0"),
+        ({"loss_weights": {"loss_mask": -1}}, "loss_weights.loss_mask: expected a number from 0.0 to 100.0, got -1.0"),
+        ({"loss_weights": {"loss_mask": float("nan")}}, "loss_weights.loss_mask: expected a number .*, got nan"),
+        ({"scales": [float("inf")]}, "scales: expected finite factors above 0, got \\[inf\\]"),
+        ({"scales": [float("nan")]}, "scales: expected finite factors above 0, got \\[nan\\]"),
+        ({"scales": [1.0, 1000.0]}, "scales: 1000.0 times image_size 256x512 makes 256000x512000 scenes"),
+        ({"scale_range": [0.5, float("inf")]}, "scale_range: expected \\[low, high\\], two finite numbers"),
+        ({"scale_range": [0.5, 100.0]}, "scale_range: images resized by up to 100.0 around crop_size 256x512"),
+        ({"image_size": [100000, 100000]}, "image_size: image size '100000x100000': 10000000000 pixels"),
+        ({"crop_size": [32, 4096]}, "crop_size: image size '32x4096': an aspect ratio beyond 16:1"),
+        ({"milestones": [float("nan")]}, "milestones: expected steps from 1 to"),
+        ({"workers": 1000000}, "workers: expected an integer from 0 to 64, got 1000000"),
+        ({"val_count": 0}, "val_count: expected an integer from 1 to 5,000, got 0"),
+        ({"batch_size": 10**6}, "batch_size: expected an integer from 1 to 256"),
+        ({"steps": 10**12}, "steps: expected an integer from 1 to 1,000,000,000"),
+        ({"seed": 2**64}, "seed: expected an integer from 0 to 4,294,967,295"),
+        ({"steps": 10**400}, "steps: expected a number, got an integer of 401 digits"),
+    ],
+)
+def test_every_numeric_setting_is_finite_and_in_its_range(changes, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe().replace(**changes)
+
+
+def test_the_largest_settings_allowed_are_accepted():
+    recipe = Recipe(image_size=(1024, 2048), scales=(0.5, 4.0), crop_size=(1024, 2048), scale_range=(0.5, 4.0),
+                    workers=64, val_count=5000, lr=10.0, momentum=0.999, clip=float(10**9))
+    assert max(recipe.scales) == 4.0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"a: " + b"[" * 20000 + b"]" * 20000 + b"\n", "nested more than 32 levels deep"),
+        ("lr: 0.1\n".encode("utf-16"), "not UTF-8 text"),
+        (b"1: 2\nlr: 0.1\n", "unknown keys \\['1'\\]"),
+    ],
+)
+def test_a_malformed_recipe_file_is_refused_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "odd.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as raised:
+        load_recipe(path)
+    assert str(raised.value).startswith(f"recipe {path}: ")
