@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,12 @@ from .model.config import ClassInfo
 GROUND_TRUTH_JSON = "ground_truth.json"
 # Panoptic summary keys per group, as cityscapesscripts prints them.
 _GROUPS = (("All", ""), ("Things", "_things"), ("Stuff", "_stuff"))
+# The brightness factors an evaluation takes. At 0.05 a uint8 image keeps 14
+# grey levels, and at 20 every channel above 12 saturates: beyond either end
+# it is no longer exposure that is tested but a blank image.
+MIN_BRIGHTNESS, MAX_BRIGHTNESS = 0.05, 20.0
+# Images with unlisted segments that the summary names, of however many there are.
+_UNLISTED_EXAMPLES = 10
 
 
 def evaluate(
@@ -41,13 +48,16 @@ def evaluate(
     `brightness` scales every input image first. With `save_predictions`,
     label-id PNGs and a COCO-panoptic PNG + JSON go to that folder, with the
     ground truth's JSON for the same images (`GROUND_TRUTH_JSON`).
+    A dataset with `unlisted` (`PanopticDataset`) reports the segments its
+    PNGs hold but its JSON does not list, scored as void: `unlisted_segments`.
     """
     classes = tuple(predictor.config.classes)
     check_same_classes(classes, getattr(dataset, "classes", classes))
-    if brightness <= 0:
-        raise ValueError(f"brightness must be positive, got {brightness}")
+    check_brightness(brightness)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    if len(dataset) == 0:
+        raise ValueError("nothing to evaluate: the dataset has no images")
     count = len(dataset) if limit is None else min(limit, len(dataset))
     confusion = ConfusionMatrix(len(classes))
     quality = PanopticQuality(len(classes), frozenset(c.train_id for c in classes if c.is_thing))
@@ -63,7 +73,16 @@ def evaluate(
     if writer:
         writer.close()
         _write_ground_truth(dataset, count, Path(save_predictions))
-    return summarize(quality, confusion, classes, images=count, brightness=brightness)
+    unlisted = getattr(dataset, "unlisted", {})
+    found = {i: unlisted[i] for i in ids[:count] if i in unlisted}
+    return summarize(quality, confusion, classes, images=count, brightness=brightness, unlisted=found)
+
+
+def check_brightness(brightness: float) -> None:
+    """Refuse a factor that is no finite number from MIN_BRIGHTNESS to MAX_BRIGHTNESS."""
+    number = isinstance(brightness, numbers.Real) and not isinstance(brightness, bool)
+    if not (number and MIN_BRIGHTNESS <= brightness <= MAX_BRIGHTNESS):  # NaN fails both comparisons
+        raise ValueError(f"brightness must be a number from {MIN_BRIGHTNESS} to {MAX_BRIGHTNESS}, got {brightness!r}")
 
 
 def _write_ground_truth(dataset: Sequence[Scene], count: int, out: Path) -> None:
@@ -101,8 +120,16 @@ def summarize(
     classes: Sequence[ClassInfo],
     images: int,
     brightness: float = 1.0,
+    unlisted: dict | None = None,
 ) -> dict:
-    """One JSON-ready dict: the averages at the top level, per-class numbers and counts under `classes`."""
+    """One JSON-ready dict: the averages at the top level, per-class numbers and counts under `classes`.
+
+    A score that is not defined is None (null in JSON): the averages over no
+    class, the IoU of a class absent from truth and prediction, and PQ, SQ
+    and RQ of a class without a true positive, false positive or false
+    negative. `unlisted` maps image ids to the `(segments, pixels)` their
+    ground truth made void for want of a `segments_info` entry.
+    """
     summary: dict = {"images": images, "brightness": brightness, **quality.summary(), "miou": confusion.mean_iou()}
     ious = confusion.iou()
     hits, unions = confusion.intersection(), confusion.union()
@@ -111,18 +138,30 @@ def summarize(
         stats = quality.classes.get(c.train_id, ClassPQ())
         summary["classes"][c.name] = {
             "train_id": c.train_id, "label_id": c.label_id, "is_thing": c.is_thing,
-            "pq": stats.pq, "sq": stats.sq, "rq": stats.rq,
+            # ClassPQ says 0 for a class never seen, as cityscapesscripts' per-class table does.
+            **{name: getattr(stats, name) if stats.seen else None for name in ("pq", "sq", "rq")},
             "tp": stats.tp, "fp": stats.fp, "fn": stats.fn, "iou_sum": stats.iou_sum,
             "iou": _finite_or_none(ious[c.train_id]),
             "pixels_intersection": int(hits[c.train_id]), "pixels_union": int(unions[c.train_id]),
         }
+    summary["unlisted_segments"] = _unlisted_summary(unlisted or {})
     return {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in summary.items()}
 
 
+def _unlisted_summary(unlisted: dict) -> dict:
+    """Totals of the segments made void for want of a `segments_info` entry, and the first images that have them."""
+    return {
+        "images": len(unlisted),
+        "segments": sum(int(u[0]) for u in unlisted.values()),
+        "pixels": sum(int(u[1]) for u in unlisted.values()),
+        "examples": list(unlisted)[:_UNLISTED_EXAMPLES],
+    }
+
+
 def _finite_or_none(value: float) -> float | None:
-    """JSON has no NaN: an undefined score is null."""
+    """JSON has no NaN or infinity: an undefined score is null."""
     value = float(value)
-    return None if math.isnan(value) else value
+    return value if math.isfinite(value) else None
 
 
 def format_table(summary: dict) -> str:
@@ -138,7 +177,18 @@ def format_table(summary: dict) -> str:
         row = " ".join(_pct(summary[name + suffix]) for name in ("pq", "sq", "rq"))
         lines.append(f"{group:14s} | {row} | {summary['n' + suffix]:5d}")
     lines.append(f"mIoU {_pct(summary['miou'])} over the classes that occur; {summary['images']} images")
+    unlisted = summary.get("unlisted_segments") or {}
+    if unlisted.get("pixels"):
+        lines.append(
+            f"warning: {_count(unlisted['segments'], 'segment')} ({_count(unlisted['pixels'], 'pixel')}) "
+            f"in {unlisted['images']} of {summary['images']} ground-truth PNGs are missing from "
+            f"segments_info and were scored as void (first: {', '.join(map(str, unlisted['examples'][:3]))})"
+        )
     return "\n".join(lines)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _pct(value: float | None) -> str:

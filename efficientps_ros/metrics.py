@@ -1,7 +1,9 @@
 """Segmentation quality: mean IoU from a confusion matrix, and panoptic quality.
 
 Both accumulate over images and report at the end. Maps are numpy arrays of
-train ids with 255 as void; void ground-truth pixels are not scored.
+train ids with 255 as void; void ground-truth pixels are not scored. Any id
+outside 0..num_classes-1 counts as void, in the truth and in the prediction,
+in both metrics alike.
 """
 from __future__ import annotations
 
@@ -9,8 +11,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-
-from .model.config import VOID_TRAIN_ID
 
 # Segment keys hold (class + 1) * _KEY_BASE + instance id; uint16 ids fit below _CROWD.
 _KEY_BASE = 1 << 17
@@ -32,18 +32,25 @@ class ConfusionMatrix:
         self.missed = np.zeros(num_classes, np.int64)
 
     def update(self, truth: np.ndarray, prediction: np.ndarray) -> None:
-        """Add one image; void ground truth is skipped, a void prediction counts as wrong."""
+        """Add one image; void ground truth is skipped, a void prediction counts as wrong.
+
+        Void is 255 and any other id that names no class, as `PanopticQuality`
+        has it.
+        """
         if truth.shape != prediction.shape:
             raise ValueError(f"truth {truth.shape} and prediction {prediction.shape} differ in shape")
-        valid = truth != VOID_TRAIN_ID
+        valid = self._is_class(truth)
         t = truth[valid].astype(np.int64)
         p = prediction[valid].astype(np.int64)
         # A void prediction is a miss for its true class and a hit for no class.
-        scored = p < self.num_classes
+        scored = self._is_class(p)
         self.matrix += np.bincount(
             t[scored] * self.num_classes + p[scored], minlength=self.num_classes**2
         ).reshape(self.num_classes, self.num_classes)
         self.missed += np.bincount(t[~scored], minlength=self.num_classes)
+
+    def _is_class(self, ids: np.ndarray) -> np.ndarray:
+        return (ids >= 0) & (ids < self.num_classes)
 
     def intersection(self) -> np.ndarray:
         """Per class, the pixels both true and predicted."""
@@ -193,7 +200,7 @@ class PanopticQuality:
         if semantic.shape != instance.shape:
             raise ValueError(f"semantic {semantic.shape} and instance {instance.shape} differ in shape")
         classes = semantic.astype(np.int64)
-        void = classes >= self.num_classes
+        void = (classes < 0) | (classes >= self.num_classes)
         things = np.isin(classes, list(self.thing_ids))
         ids = instance.astype(np.int64)
         if crowd is None:

@@ -54,6 +54,45 @@ def test_a_perfect_predictor_scores_one_and_the_counts_add_up():
     json.dumps(summary, allow_nan=False)
     table = format_table(summary)
     assert "car" in table and "All" in table and "mIoU 100.0" in table
+    assert "warning" not in table and summary["unlisted_segments"]["pixels"] == 0
+
+
+def test_classes_without_segments_have_no_panoptic_scores_and_missed_ones_score_zero():
+    scenes = _scenes()
+    no_car = [(np.where(s.semantic == 13, 0, s.semantic).astype(np.uint8), np.zeros_like(s.instance)) for s in scenes]
+    summary = evaluate(_Oracle(no_car), scenes, progress=False)
+    bus, car = summary["classes"]["bus"], summary["classes"]["car"]
+    # The table prints "-" for the bus; the JSON must not say it scored 0.
+    assert (bus["pq"], bus["sq"], bus["rq"]) == (None, None, None)
+    assert (car["pq"], car["sq"], car["rq"], car["fn"]) == (0.0, 0.0, 0.0, 2)
+    assert "bus            |     -     -     - |" in format_table(summary)
+
+
+def test_an_empty_dataset_is_refused_not_scored_as_nan():
+    with pytest.raises(ValueError, match="nothing to evaluate: the dataset has no images"):
+        evaluate(_Oracle([]), [], progress=False)
+
+
+def test_ground_truth_segments_missing_from_segments_info_are_reported(tmp_path):
+    from efficientps_ros.data.cityscapes_layout import DatasetWriter
+
+    scenes = _scenes()
+    with DatasetWriter(tmp_path, "val", CONFIG.classes) as writer:
+        for i, s in enumerate(scenes):
+            writer.write(f"city_000000_{i:06d}", s.image, s.semantic, s.instance, s.crowd)
+    path = tmp_path / "gtFine/cityscapes_panoptic_val.json"
+    data = json.loads(path.read_text())
+    # The car (6 pixels) of the second image is left out of its segments_info.
+    data["annotations"][1]["segments_info"] = [s for s in data["annotations"][1]["segments_info"] if s["id"] != 26001]
+    path.write_text(json.dumps(data))
+    dataset = PanopticDataset(tmp_path, "val")
+    summary = evaluate(_Oracle([(s.semantic, s.instance) for s in scenes]), dataset, progress=False)
+    assert summary["unlisted_segments"] == {"images": 1, "segments": 1, "pixels": 6, "examples": ["city_000000_000001"]}
+    # Scored as void, the car predicted there is ignored (over half of it lies on void).
+    assert summary["classes"]["car"]["tp"] == 1 and summary["classes"]["car"]["fp"] == 0
+    assert ("warning: 1 segment (6 pixels) in 1 of 2 ground-truth PNGs are missing from segments_info "
+            "and were scored as void (first: city_000000_000001)") in format_table(summary)
+    json.dumps(summary, allow_nan=False)
 
 
 def test_a_predicted_car_on_a_car_crowd_is_no_false_positive():
@@ -78,10 +117,16 @@ def test_limit_and_brightness_reach_the_predictor():
     assert scale_brightness(np.array([[[200, 100, 1]]], np.uint8), 1.4).tolist() == [[[255, 140, 1]]]
 
 
-def test_bad_brightness_and_foreign_class_tables_are_refused():
+@pytest.mark.parametrize("brightness", [0, -1, float("nan"), float("inf"), 1e-30, 21, "1", True])
+def test_brightness_must_be_a_finite_factor_in_range(brightness):
+    oracle = _Oracle([])
+    with pytest.raises(ValueError, match="brightness must be a number from 0.05 to 20.0"):
+        evaluate(oracle, _scenes(), brightness=brightness, progress=False)
+    assert oracle.images == []
+
+
+def test_a_bad_limit_and_foreign_class_tables_are_refused():
     scenes = _scenes()
-    with pytest.raises(ValueError, match="brightness must be positive"):
-        evaluate(_Oracle([]), scenes, brightness=0, progress=False)
     with pytest.raises(ValueError, match="limit must be at least 1"):
         evaluate(_Oracle([]), scenes, limit=0, progress=False)
     other = SimpleNamespace(classes=(ClassInfo(0, 7, "road", (1, 1, 1), False),))
@@ -165,6 +210,19 @@ def test_bad_arguments_get_one_message(tmp_path, capsys):
     assert "at least 32" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(tmp_path / "missing"), "--device", "cpu"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_split_that_lists_no_images_before_it_builds_the_model(tmp_path, capsys, monkeypatch):
+    built = []
+    monkeypatch.setattr("efficientps_ros.predictor.Predictor", lambda *args, **kwargs: built.append(args))
+    assert main(["synth", str(tmp_path), "--count", "1", "--size", "32x64"]) == 0
+    path = tmp_path / "gtFine/cityscapes_panoptic_val.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), images=[], annotations=[])))
+    capsys.readouterr()
+    assert main(["evaluate", "--data", str(tmp_path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"efficientps evaluate: split 'val' of {tmp_path} lists no images") and err.count("\n") == 1
+    assert built == []
 
 
 def test_evaluate_checks_the_dataset_and_class_table_before_it_builds_the_model(tmp_path, capsys, monkeypatch):

@@ -437,3 +437,25 @@ def _random_image(rng: np.random.Generator, height: int = 24, width: int = 32):
 def test_random_cases_agree_with_cityscapesscripts(tmp_path, cityscapes, seed):
     rng = np.random.default_rng(seed)
     _assert_agrees(tmp_path, cityscapes, [_random_image(rng) for _ in range(3)])
+
+
+def test_truth_ids_that_name_no_class_are_void_in_both_metrics():
+    prediction = np.array([[0, 1, 2, 0]])
+    truth = np.array([[0, 1, 3, 254]])  # 3 and 254 name no class of three
+    void = np.array([[0, 1, VOID, VOID]])
+    confusion, expected = ConfusionMatrix(3), ConfusionMatrix(3)
+    confusion.update(truth, prediction)
+    expected.update(void, prediction)
+    assert np.array_equal(confusion.matrix, expected.matrix) and np.array_equal(confusion.missed, expected.missed)
+    pq, pq_void = PanopticQuality(3, frozenset({2})), PanopticQuality(3, frozenset({2}))
+    zeros = np.zeros_like(truth)
+    pq.update(truth, zeros, prediction, zeros)
+    pq_void.update(void, zeros, prediction, zeros)
+    assert pq.classes == pq_void.classes
+
+
+def test_predicted_ids_that_name_no_class_are_misses_not_other_classes():
+    confusion = ConfusionMatrix(3)
+    # -1 would otherwise land in the previous row of the flattened matrix.
+    confusion.update(np.array([[1, 1]]), np.array([[-1, 1]]))
+    assert confusion.matrix.tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]] and confusion.missed.tolist() == [0, 1, 0]

@@ -138,9 +138,17 @@ def encode_rgb(ids: np.ndarray) -> np.ndarray:
 
 
 def decode_rgb(rgb: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 -> int64 segment ids."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    """HxWx3 uint8 -> uint32 segment ids.
+
+    One channel at a time, in uint32 (24 bits are all there is): converting
+    the whole HxWx3 array to int64 first would cost 24 bytes a pixel.
+    """
+    ids = rgb[..., 2].astype(np.uint32)
+    ids <<= 8
+    ids |= rgb[..., 1]
+    ids <<= 8
+    ids |= rgb[..., 0]
+    return ids
 
 
 def label_ids(semantic: np.ndarray, classes: Sequence[ClassInfo]) -> np.ndarray:

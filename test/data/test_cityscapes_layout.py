@@ -56,6 +56,13 @@ def test_panoptic_png_colours_round_trip():
     assert np.array_equal(decode_rgb(rgb), ids)
 
 
+def test_decoded_ids_take_four_bytes_a_pixel():
+    rgb = encode_rgb(np.array([[0, 1, 2**24 - 1]]))
+    ids = decode_rgb(rgb)
+    # 24 bits fit uint32; an int64 copy of the three channels would cost six times the PNG's pixels.
+    assert ids.dtype == np.uint32 and ids.tolist() == [[0, 1, 2**24 - 1]]
+
+
 def test_label_ids_and_image_ids():
     assert label_ids(np.array([[0, 13, 255, 18]], np.uint8), CITYSCAPES_CLASSES).tolist() == [[7, 26, 0, 33]]
     assert image_id("x/frankfurt_000000_000294_leftImg8bit.png") == "frankfurt_000000_000294"

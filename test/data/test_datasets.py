@@ -1,5 +1,9 @@
 """The COCO-panoptic loader on datasets written by hand, file by file."""
 import json
+import struct
+import tracemalloc
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,7 @@ def _label_map() -> tuple[np.ndarray, list[dict]]:
     """Segment ids of a 6x8 image and their segments_info, as createPanopticImgs writes them."""
     ids = np.full((H, W), 7, np.int64)  # road
     ids[0, :] = 0  # void (e.g. ego vehicle)
-    ids[1, 6:] = 8  # sidewalk
+    ids[1, 4:6] = 8  # sidewalk
     ids[5, 6:] = 9  # parking: a category the class table does not know
     ids[2:4, 1:3] = 26001  # car 1
     ids[2:5, 4] = 26002  # car 2
@@ -74,7 +78,7 @@ def test_a_hand_written_cityscapes_split_loads_pixel_by_pixel(tmp_path):
     V = 255
     assert scene.semantic.tolist() == [
         [V, V, V, V, V, V, V, V],
-        [0, 0, 0, 0, 0, 0, PERSON, PERSON],
+        [0, 0, 0, 0, SIDEWALK, SIDEWALK, PERSON, PERSON],
         [0, CAR, CAR, 0, CAR, 0, PERSON, PERSON],
         [0, CAR, CAR, 0, CAR, 0, 0, 0],
         [0, 0, 0, 0, CAR, 0, 0, 0],
@@ -274,3 +278,203 @@ def test_an_unreadable_image_is_named(tmp_path):
     (tmp_path / "leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(ValueError, match="aachen_000000_000019_leftImg8bit.png: not readable as an image"):
         PanopticDataset(tmp_path, "val")[0]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares `width` x `height` RGB pixels, with almost no data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+_PNG = "gtFine/cityscapes_panoptic_val/aachen_000000_000019_gtFine_panoptic.png"
+_IMAGE = "leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png"
+_JSON = "gtFine/cityscapes_panoptic_val.json"
+
+
+def _rewrite_json(root, change) -> None:
+    path = root / _JSON
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _save_ids(path, ids: np.ndarray) -> None:
+    Image.fromarray(np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("spoil, mode", [
+    (lambda rgb: Image.fromarray(rgb[..., 0]), "mode L"),
+    (lambda rgb: Image.fromarray(rgb[..., 0].astype(np.uint16) * 300), "mode I;16"),
+    (lambda rgb: Image.fromarray(rgb).quantize(4), "mode P"),
+])
+def test_a_panoptic_png_that_is_not_rgb_is_refused_not_read_as_void(tmp_path, spoil, mode):
+    _write_by_hand(tmp_path)
+    png = tmp_path / _PNG
+    spoil(np.asarray(Image.open(png))).save(png)
+    with pytest.raises(ValueError, match=mode) as error:
+        PanopticDataset(tmp_path, "val")[0]
+    assert str(png) in str(error.value)
+
+
+def test_a_panoptic_jpeg_is_refused(tmp_path):
+    _write_by_hand(tmp_path)
+    png = tmp_path / _PNG
+    Image.open(png).convert("RGB").save(png, format="JPEG")
+    with pytest.raises(ValueError, match="a JPEG image"):
+        PanopticDataset(tmp_path, "val")[0]
+
+
+def test_a_listed_segment_without_pixels_is_refused(tmp_path):
+    _write_by_hand(tmp_path)
+    _rewrite_json(tmp_path, lambda d: d["annotations"][0]["segments_info"][4].update(id=26003))
+    with pytest.raises(ValueError, match="segments_info lists segment 26003, which .* has no pixel of") as error:
+        PanopticDataset(tmp_path, "val")[0]
+    assert str(tmp_path / _JSON) in str(error.value) and "aachen_000000_000019" in str(error.value)
+
+
+def test_png_ids_missing_from_segments_info_become_void_and_are_counted(tmp_path):
+    _write_by_hand(tmp_path)
+    # Car 2 (3 pixels) and the crowd (4 pixels) are in the PNG but not in the JSON.
+    _rewrite_json(tmp_path, lambda d: d["annotations"][0].update(
+        segments_info=[s for s in d["annotations"][0]["segments_info"] if s["id"] not in (24, 26002)]))
+    dataset = PanopticDataset(tmp_path, "val")
+    scene = dataset[0]
+    ids, _ = _label_map()
+    assert (scene.semantic[(ids == 24) | (ids == 26002)] == 255).all()
+    assert scene.instance_classes == [CAR] and (scene.instance[ids == 26001] == 1).all()
+    assert dataset.unlisted == {"aachen_000000_000019": (2, 7)}
+
+
+def test_an_image_with_every_segment_listed_is_not_counted(tmp_path):
+    _write_by_hand(tmp_path)
+    dataset = PanopticDataset(tmp_path, "val")
+    dataset[0]
+    assert dataset.unlisted == {}
+
+
+def test_a_png_of_as_many_segments_as_pixels_loads_in_the_memory_of_a_few_copies(tmp_path):
+    _write_by_hand(tmp_path)
+    side = 512
+    ids = np.arange(side * side).reshape(side, side) + 30000
+    ids[: side // 2] = 7
+    _save_ids(tmp_path / _PNG, ids)
+    Image.new("RGB", (side, side)).save(tmp_path / _IMAGE)
+    _rewrite_json(tmp_path, lambda d: d["annotations"][0].update(segments_info=[{"id": 7, "category_id": 7}]))
+    dataset = PanopticDataset(tmp_path, "val")
+    tracemalloc.start()
+    try:
+        scene = dataset[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The image, the decoded PNG and the maps made from it are 12 bytes a pixel; a lookup
+    # table over every distinct id, or 8-byte copies of the whole PNG, would be several times that.
+    assert peak < 40 * side * side, peak / side / side
+    assert (scene.semantic[: side // 2] == ROAD).all() and (scene.semantic[side // 2:] == 255).all()
+    assert dataset.unlisted == {"aachen_000000_000019": (side * side // 2, side * side // 2)}
+
+
+def test_a_split_that_lists_no_images_is_refused(tmp_path):
+    _write_by_hand(tmp_path)
+    _rewrite_json(tmp_path, lambda d: d.update(images=[], annotations=[]))
+    with pytest.raises(ValueError, match=f"split 'val' of {tmp_path} lists no images"):
+        PanopticDataset(tmp_path, "val")
+
+
+def test_an_image_name_in_two_folders_is_refused_unless_the_json_names_the_folder(tmp_path):
+    image = _write_by_hand(tmp_path)
+    other = tmp_path / "leftImg8bit/val/bremen/aachen_000000_000019_leftImg8bit.png"
+    other.parent.mkdir()
+    Image.new("RGB", (W, H)).save(other)
+    with pytest.raises(ValueError, match="ambiguous") as error:
+        PanopticDataset(tmp_path, "val")
+    assert str(other) in str(error.value) and str(tmp_path / _IMAGE) in str(error.value)
+    _rewrite_json(tmp_path, lambda d: d["images"][0].update(file_name="aachen/aachen_000000_000019_leftImg8bit.png"))
+    assert np.array_equal(PanopticDataset(tmp_path, "val")[0].image, image)
+
+
+@pytest.mark.parametrize("size, message", [
+    ((100_000, 100_000), "its header declares more than the 33554432 pixels read"),  # Pillow's own limit, too
+    ((12_000, 8_000), "its header declares more than the 33554432 pixels read"),  # Pillow warns
+    ((9_000, 4_000), "image of 9000x4000 exceeds max_image_pixels"),
+])
+@pytest.mark.parametrize("which", [_IMAGE, _PNG])
+def test_an_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(tmp_path, size, message, which):
+    _write_by_hand(tmp_path)
+    (tmp_path / which).write_bytes(_png_header(*size))
+    dataset = PanopticDataset(tmp_path, "val")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=message) as error:
+            dataset[0]
+    assert str(error.value).startswith(f"{tmp_path / which}: ")
+
+
+def test_a_truncated_panoptic_png_is_named(tmp_path):
+    _write_by_hand(tmp_path)
+    png = tmp_path / _PNG
+    png.write_bytes(png.read_bytes()[:60])
+    with pytest.raises(ValueError, match="not readable as an image") as error:
+        PanopticDataset(tmp_path, "val")[0]
+    assert str(png) in str(error.value)
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda d: d["images"][0].update(file_name=5), "image 'aachen_000000_000019': 'file_name' must be a string, got 5"),
+    (lambda d: d["images"][0].update(id=[1]), r"image 0: 'id' must be a string or an integer, got \[1\]"),
+    (lambda d: d["images"][0].update(id=True), "image 0: 'id' must be a string or an integer, got True"),
+    (lambda d: d["annotations"][0].update(image_id=[1]), r"'image_id' must be a string or an integer, got \[1\]"),
+    (lambda d: d["images"].append(d["images"][0]), "'images' lists image 'aachen_000000_000019' more than once"),
+    (lambda d: d["annotations"].append(d["annotations"][0]),
+     "'annotations' annotate image 'aachen_000000_000019' more than once"),
+    (lambda d: d["annotations"][0]["segments_info"].append({"id": 7, "category_id": 26, "iscrowd": 0}),
+     "'segments_info' lists segment 7 more than once"),
+    (lambda d: d["annotations"][0]["segments_info"][0].update(id=1 << 24), "has id 16777216; a panoptic PNG holds ids"),
+    (lambda d: d["annotations"][0]["segments_info"][0].update(id=0), "has id 0; a panoptic PNG holds ids"),
+])
+def test_malformed_ids_and_duplicates_are_named_by_file_and_field(tmp_path, spoil, message):
+    path, error = _load_spoiled(tmp_path, spoil, message)
+    assert str(path) in error
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../cityscapes_panoptic_val.json", "sub/../../x.png", ".", ""])
+def test_a_png_named_outside_the_png_folder_is_refused(tmp_path, name):
+    spoil = lambda d: d["annotations"][0].update(file_name=name)  # noqa: E731
+    path, error = _load_spoiled(tmp_path, spoil, "must be a path inside the folder of panoptic PNGs")
+    assert str(path) in error and repr(name) in error
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested more than 32 levels deep"),
+    (b'{"annotations": [], "x": ' + b"[" * 40 + b"]" * 40 + b"}", "nested more than 32 levels deep"),
+    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+])
+def test_a_panoptic_json_too_deep_or_not_utf8_is_named(tmp_path, content, message):
+    _write_by_hand(tmp_path)
+    (tmp_path / _JSON).write_bytes(content)
+    with pytest.raises(ValueError, match=message) as error:
+        PanopticDataset(tmp_path, "val")
+    assert str(error.value).startswith(f"{tmp_path / _JSON}: ")
+
+
+def test_a_panoptic_json_that_is_a_folder_is_named(tmp_path):
+    _write_by_hand(tmp_path)
+    (tmp_path / _JSON).unlink()
+    (tmp_path / _JSON).mkdir()
+    with pytest.raises(ValueError, match="not a regular file"):
+        PanopticDataset(tmp_path, "val")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[" * 1000 + b"]" * 1000, "nested more than 32 levels deep"),
+    (b"- {name: r\xe9sum\xe9, id: 7, isthing: 0, color: [1, 2, 3]}\n", "not UTF-8 text"),
+])
+def test_a_class_table_too_deep_or_not_utf8_is_named(tmp_path, content, message):
+    table = tmp_path / "classes.yaml"
+    table.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as error:
+        load_class_table(table)
+    assert str(error.value).startswith(f"{table}: ")
