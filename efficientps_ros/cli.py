@@ -65,15 +65,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _read_image(path: str):
-    """An image file as HxWx3 uint8 RGB; a missing or unreadable file is one ValueError naming it."""
-    import numpy as np
-    from PIL import Image
+    """An image file as HxWx3 uint8 RGB; a missing, unreadable or oversized file is one ValueError naming it."""
+    from .data.datasets import read_rgb
 
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: not readable as an image ({exc})") from None
+    return read_rgb(path)
 
 
 def _split_name(split: str) -> str:
@@ -97,7 +92,7 @@ def _writable_file(path: str, option: str) -> Path:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.datasets import PanopticDataset, load_class_table
-    from .evaluate import check_same_classes, evaluate, format_table
+    from .evaluate import check_brightness, check_same_classes, evaluate, format_table
     from .model import load_config
     from .model.checkpoint import read_config
     from .predictor import Predictor
@@ -109,6 +104,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         config = read_config(args.checkpoint)
     classes = load_class_table(args.classes) if args.classes else config.classes
     check_same_classes(config.classes, classes)
+    check_brightness(args.brightness)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
     dataset = PanopticDataset(args.data, _split_name(args.split), classes)
     json_path = _writable_file(args.json, "--json") if args.json else None
     predictor = Predictor(config, args.checkpoint, device=args.device, precision=args.precision)
@@ -117,7 +115,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary.update(data=str(args.data), split=args.split, weights=str(predictor.weights_source))
     print(format_table(summary))
     if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=1))
+        json_path.write_text(json.dumps(summary, indent=1, allow_nan=False))
         print(f"wrote {json_path}")
     return 0
 

@@ -26,7 +26,7 @@ def test_synth_into_a_split_that_exists_is_refused_and_leaves_it_alone(tmp_path,
     assert main(["synth", str(data), "--count", "1", "--size", "32x64", "--split", "test"]) == 0
 
 
-def test_evaluate_refuses_a_json_path_it_cannot_write_before_it_evaluates(tmp_path, capsys, monkeypatch):
+def test_evaluate_refuses_bad_options_and_an_unwritable_json_path_before_it_evaluates(tmp_path, capsys, monkeypatch):
     built = []
     monkeypatch.setattr("efficientps_ros.predictor.Predictor", lambda *args, **kwargs: built.append(args))
     data = tmp_path / "data"
@@ -37,13 +37,16 @@ def test_evaluate_refuses_a_json_path_it_cannot_write_before_it_evaluates(tmp_pa
     assert "--json" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(data), "--device", "cpu", "--json", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+    for option in (["--brightness", "nan"], ["--brightness", "0"], ["--limit", "0"]):
+        assert main(["evaluate", "--data", str(data), "--device", "cpu", *option]) == 2
+        assert option[0].lstrip("-") in capsys.readouterr().err
     assert built == []
 
 
-def test_predict_names_an_image_beyond_pillows_limit(tmp_path, capsys, monkeypatch):
+def test_predict_refuses_an_image_beyond_the_size_it_reads_from_its_header(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     path = tmp_path / "big.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
     assert main(["predict", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "big.png: not readable as an image" in err and "Traceback" not in err
+    assert "big.png: its header declares more than" in err and "Traceback" not in err
