@@ -26,6 +26,11 @@ KEYS = {
     "tqdm": "python3-tqdm",
     "matplotlib": "python3-matplotlib",
     "rosbags": "python3-rosbags-pip",
+    # rosbags requires its decompressors, so its pip key installs them too;
+    # from Python 3.14 on, zstd is the standard library's `compression.zstd`.
+    "lz4": "python3-rosbags-pip",
+    "backports": "python3-rosbags-pip",
+    "compression": "python3-rosbags-pip",
     "timm": "python3-timm-pip",
     # timm requires these, so its pip key installs them too.
     "torch": "python3-timm-pip",
