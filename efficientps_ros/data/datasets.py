@@ -36,7 +36,8 @@ from PIL import Image
 
 from ..input_limits import check_image_size
 from ..model.config import (
-    CITYSCAPES_CLASSES, MAX_CONFIG_CHARS, MAX_NESTING, VOID_TRAIN_ID, ClassInfo, parse_document,
+    CITYSCAPES_CLASSES, MAX_CONFIG_CHARS, MAX_NESTING, VOID_TRAIN_ID, ClassInfo, check_nesting, parse_document,
+    read_text_file,
 )
 from .cityscapes_layout import IMAGE_SUFFIX, VOID_ID, decode_rgb
 from .synthetic import Scene
@@ -274,49 +275,20 @@ def _read_panoptic(path: Path) -> np.ndarray:
         return _decoded(image, path)
 
 
-def _read_text(path: Path, max_bytes: int) -> str:
-    """A UTF-8 file's text, refused unread above `max_bytes`; OSError and bad bytes become a ValueError naming it."""
-    try:
-        if not path.is_file():
-            # A FIFO or a device would be read without end.
-            raise ValueError(f"{path}: {'not a regular file' if path.exists() else 'does not exist'}")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ValueError(f"{path}: {size} bytes; at most {max_bytes} are read")
-        return path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise ValueError(f"{path}: not readable ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
-
-
 def _read_json(path: Path) -> dict:
-    text = _read_text(path, MAX_JSON_BYTES)
+    text = read_text_file(path, MAX_JSON_BYTES, str(path))
     try:
         data = json.loads(text)
     except RecursionError:
-        raise ValueError(f"{path}: not readable as JSON (nested more than {MAX_NESTING} levels deep)") from None
+        raise ValueError(f"{path}: nested more than {MAX_NESTING} levels deep") from None
     except ValueError as exc:  # JSONDecodeError, and integers too long to convert
         raise ValueError(f"{path}: not readable as JSON ({exc})") from None
     # json.dumps, which writes the ground truth back, recurses as deep as the data goes.
-    _check_nesting(data, path)
+    check_nesting(data, str(path))
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{path}: not a COCO-panoptic file (no 'annotations' list)")
     _check_layout(data, path)
     return data
-
-
-def _check_nesting(data, path: Path) -> None:
-    """Refuse containers nested deeper than MAX_NESTING (a COCO-panoptic file needs 4), without recursion."""
-    pending = [(data, 1)]
-    while pending:
-        value, depth = pending.pop()
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        for child in children:
-            if isinstance(child, (dict, list)):
-                if depth >= MAX_NESTING:
-                    raise ValueError(f"{path}: not readable as JSON (nested more than {MAX_NESTING} levels deep)")
-                pending.append((child, depth + 1))
 
 
 def _check_layout(data: dict, path: Path) -> None:
@@ -469,7 +441,7 @@ def load_class_table(path: str | Path) -> tuple[ClassInfo, ...]:
     category out (void).
     """
     path = Path(path)
-    data = parse_document(_read_text(path, _MAX_CLASS_TABLE_BYTES), str(path), "yaml")
+    data = parse_document(read_text_file(path, _MAX_CLASS_TABLE_BYTES, str(path)), str(path), "yaml")
     if isinstance(data, dict):
         data = data.get("categories")
     if not isinstance(data, list) or not data:

@@ -461,6 +461,30 @@ def load_config(name_or_path: str | Path) -> EfficientPSConfig:
     return config_from_dict(data, where=str(path))
 
 
+def read_text_file(path: Path, max_bytes: int, where: str) -> str:
+    """A UTF-8 file's text, refused above `max_bytes` before it is read in full.
+
+    ValueError, starting with `where`, for a path that is no regular file (a
+    FIFO or a device would be read without end), a larger file, bytes that
+    are not UTF-8, or a file that cannot be read.
+    """
+    try:
+        if not path.is_file():
+            raise ValueError(f"{where}: {'not a regular file' if path.exists() else 'does not exist'}")
+        too_large = f"{where}: larger than {max_bytes:,} bytes, the most read"
+        if path.stat().st_size > max_bytes:
+            raise ValueError(too_large)
+        with path.open("rb") as handle:
+            raw = handle.read(max_bytes + 1)  # bounded too: the file may grow meanwhile
+        if len(raw) > max_bytes:
+            raise ValueError(too_large)
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"{where}: not readable ({exc.strerror or exc})") from None
+
+
 def parse_document(text: str, where: str, kind: str) -> Any:
     """YAML or JSON text as plain data; one that is too large or nested too deep
     is refused with a message, not with a RecursionError from the parser."""
@@ -472,11 +496,11 @@ def parse_document(text: str, where: str, kind: str) -> Any:
         raise ValueError(f"{where}: nested more than {MAX_NESTING} levels deep") from None
     except (ValueError, yaml.YAMLError) as exc:  # ValueError: also integers too long to convert
         raise ValueError(f"{where}: not valid {kind.upper()} ({exc})") from None
-    _check_nesting(data, where)
+    check_nesting(data, where)
     return data
 
 
-def _check_nesting(data: Any, where: str) -> None:
+def check_nesting(data: Any, where: str) -> None:
     """Refuse containers nested deeper than MAX_NESTING, walking without recursion."""
     pending = [(data, 1)]
     while pending:
@@ -497,7 +521,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> EfficientPS
     """
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {_shown(data)}")
-    _check_nesting(data, where)
+    check_nesting(data, where)
     data = dict(data)
     preset = data.pop("preset", None)
     if preset is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model.config import MAX_CONFIG_CHARS, MAX_SIZE_PIXELS, parse_document, parse_size
+from ..model.config import MAX_CONFIG_CHARS, MAX_SIZE_PIXELS, parse_document, parse_size, read_text_file
 
 SCHEDULES = ("cosine", "step")
 AMP_MODES = ("off", "bf16", "fp16")
@@ -131,7 +131,7 @@ def load_recipe(path: str | Path) -> Recipe:
     if not path.is_file():
         raise ValueError(f"recipe {path}: no such file")
     where = f"recipe {path}"
-    data = parse_document(_read_text(path, where), where, "yaml")
+    data = parse_document(read_text_file(path, MAX_RECIPE_BYTES, where), where, "yaml")
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping at the top level")
     data.pop("notes", None)  # free text about the recipe's source
@@ -139,20 +139,6 @@ def load_recipe(path: str | Path) -> Recipe:
         return recipe_from_dict(data)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
-
-
-def _read_text(path: Path, where: str) -> str:
-    """The file as UTF-8 text; a file too large to be a recipe is refused before it is read in full."""
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_RECIPE_BYTES + 1)
-        if len(raw) > MAX_RECIPE_BYTES:
-            raise ValueError(f"{where}: larger than {MAX_RECIPE_BYTES:,} bytes; a recipe is a page of YAML")
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ValueError(f"{where}: cannot be read ({exc.strerror or exc})") from None
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:

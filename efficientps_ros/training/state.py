@@ -23,7 +23,7 @@ from torch import nn
 
 from ..distributed import DistContext, gather_tensor
 from ..model.checkpoint import CheckpointError, load_weights
-from ..model.config import MAX_CONFIG_CHARS, parse_document
+from ..model.config import MAX_CONFIG_CHARS, parse_document, read_text_file
 from .recipe import MAX_STEPS
 
 log = logging.getLogger(__name__)
@@ -137,16 +137,8 @@ def read_training_info(path: str | Path) -> dict[str, Any]:
     stem = resolve_checkpoint(path)
     where = f"{stem}.json"
     try:
-        with stem.with_suffix(".json").open("rb") as handle:
-            raw = handle.read(MAX_INFO_BYTES + 1)
-        if len(raw) > MAX_INFO_BYTES:
-            raise ValueError(f"{where}: larger than {MAX_INFO_BYTES:,} bytes, which no run writes")
-        meta = parse_document(raw.decode("utf-8"), where, "json")
-    except OSError as exc:
-        raise CheckpointError(f"{where}: not a readable training checkpoint ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{where}: not a readable training checkpoint (not UTF-8: {exc.reason})") from None
-    except ValueError as exc:  # parse_document's message names the file
+        meta = parse_document(read_text_file(stem.with_suffix(".json"), MAX_INFO_BYTES, where), where, "json")
+    except ValueError as exc:  # the message names the file
         raise CheckpointError(str(exc)) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{where}: not an efficientps_ros training checkpoint (format {FORMAT!r} expected)")
