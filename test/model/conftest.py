@@ -1,6 +1,9 @@
 """Shared fixtures for the model tests."""
 from __future__ import annotations
 
+import io
+import pickle
+import pickletools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,3 +69,22 @@ def randomize_norms() -> Callable[..., None]:
 def _few_threads() -> None:
     # The test machine's cores are shared.
     torch.set_num_threads(2)
+
+
+def legacy_file_declaring(path: Path, key: str, numel: int) -> Path:
+    """A pre-zip torch file holding 3 floats under `key`, whose storage record declares `numel` of them.
+
+    The legacy format is four small pickles (magic, protocol, system info, the
+    object with its storages as persistent ids) followed by the raw storages;
+    the first integer of the fourth pickle is the storage's element count.
+    """
+    buffer = io.BytesIO()
+    torch.save({key: torch.ones(3)}, buffer, _use_new_zipfile_serialization=False)
+    data = buffer.getvalue()
+    stream = io.BytesIO(data)
+    for _ in range(3):
+        pickle.load(stream)  # our own three header pickles
+    count = next(pos for op, arg, pos in pickletools.genops(stream) if op.name == "BININT1" and arg == 3)
+    body = numel.to_bytes((numel.bit_length() + 8) // 8, "little", signed=True)
+    path.write_bytes(data[:count] + b"\x8a" + bytes([len(body)]) + body + data[count + 2:])
+    return path

@@ -20,7 +20,7 @@ from efficientps_ros.model.efficientps import EfficientPS, parameter_counts
 from efficientps_ros.model import official
 from efficientps_ros.model.official import convert_official, our_key, read_official
 
-from .conftest import read_official_state_dict
+from .conftest import legacy_file_declaring, read_official_state_dict
 
 OFFICIAL_PARAMETERS = 42_988_744
 
@@ -303,3 +303,12 @@ def test_a_nan_in_their_checkpoint_is_refused_by_our_name(official_state, tmp_pa
     with pytest.raises(CheckpointError, match=r"1 non-finite: fpn.fpn_convs.0.conv.weight \(1 NaN, 0 Inf\)"):
         convert_official(_mmcv_file(tmp_path / "nan.pth", state), tmp_path / "nan.safetensors")
     assert not (tmp_path / "nan.safetensors").exists()
+
+
+@pytest.mark.parametrize("numel", [10**9, 10**11])
+def test_a_legacy_file_declaring_more_than_it_holds_is_refused_without_reading_it(tmp_path, numel):
+    """The pre-zip format has no directory to check; torch compares each storage's record with the bytes behind it."""
+    path = legacy_file_declaring(tmp_path / "legacy.pth", "backbone.conv_stem.weight", numel)
+    assert path.stat().st_size < 1000
+    with pytest.raises(CheckpointError, match=r"legacy\.pth: not a readable PyTorch checkpoint \("):
+        read_official(path)

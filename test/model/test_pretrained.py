@@ -10,7 +10,9 @@ from safetensors.torch import save_file
 from efficientps_ros.model.backbone import Backbone
 from efficientps_ros.model.checkpoint import CheckpointError
 from efficientps_ros.model.config import load_config
-from efficientps_ros.model.pretrained import load_backbone_weights
+from efficientps_ros.model.pretrained import load_backbone_weights, read_timm_state
+
+from .conftest import legacy_file_declaring
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +131,15 @@ def test_a_newer_pickle_protocol_loads_without_a_warning(tmp_path, timm_state, b
         warnings.simplefilter("error")
         load_backbone_weights(backbone, path)
     assert torch.equal(backbone.state_dict()["conv_stem.weight"], timm_state["conv_stem.weight"])
+
+
+def test_a_legacy_torch_file_declaring_gigabytes_is_refused(tmp_path, backbone):
+    path = legacy_file_declaring(tmp_path / "legacy.pth", "conv_stem.weight", 10**9)
+    with pytest.raises(CheckpointError, match=r"legacy\.pth: not a readable timm checkpoint \("):
+        load_backbone_weights(backbone, path)
+
+
+def test_a_legacy_torch_file_that_holds_what_it_declares_loads(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save({"state_dict": {"conv_stem.weight": torch.ones(3)}}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_timm_state(path)["conv_stem.weight"], torch.ones(3))
