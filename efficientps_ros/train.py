@@ -475,8 +475,7 @@ class _Run:
             self.history.append({"step": done, **metrics})
             self.log.validation(done, metrics)
             log.info("step %d: val PQ %.4f mIoU %.4f", done, metrics["pq"], metrics["miou"])
-            # A validation without a single defined score (no class seen) says nothing about the weights.
-            if _defined(metrics) and better(metrics, self.best):
+            if better(metrics, self.best):
                 self.best = {"step": done, **metrics}
                 save_checkpoint(self.model, self.config, best_path(self.out), dtype=self.save_dtype)
         barrier(self.context)
@@ -525,10 +524,6 @@ class _Run:
             "best": self.best,
         }
         (self.work_dir / "summary.json").write_text(dump_json(summary))
-
-
-def _defined(metrics: dict[str, float]) -> bool:
-    return any(metrics.get(k) is not None and not math.isnan(metrics[k]) for k in ("pq", "miou"))
 
 
 def _nan_if_none(value: float | None) -> float:

@@ -485,11 +485,11 @@ def read_text_file(path: Path, max_bytes: int, where: str) -> str:
         raise ValueError(f"{where}: not readable ({exc.strerror or exc})") from None
 
 
-def parse_document(text: str, where: str, kind: str) -> Any:
+def parse_document(text: str, where: str, kind: str, max_chars: int = MAX_CONFIG_CHARS) -> Any:
     """YAML or JSON text as plain data; one that is too large or nested too deep
     is refused with a message, not with a RecursionError from the parser."""
-    if len(text) > MAX_CONFIG_CHARS:
-        raise ValueError(f"{where}: {len(text)} characters; a config has at most {MAX_CONFIG_CHARS}")
+    if len(text) > max_chars:
+        raise ValueError(f"{where}: {len(text):,} characters; allowed: at most {max_chars:,}")
     try:
         data = json.loads(text) if kind == "json" else yaml.safe_load(text)
     except RecursionError:

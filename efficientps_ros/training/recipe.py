@@ -30,6 +30,8 @@ MAX_WORKERS = 64
 # COCO's val split, the largest common one, has 5,000 images; synthetic validation
 # scenes are made up front and held in memory together.
 MAX_VAL_COUNT = 5000
+# Every validation's scores stay in the run's training checkpoints (state.MAX_INFO_CHARS).
+MAX_VALIDATIONS = 100_000
 # torch.manual_seed takes the seed plus the rank in 64 bits; numpy's seeds are 32-bit words.
 MAX_SEED = 2**32 - 1
 # SGD on this network diverges well below these; beyond them a value is a typo.
@@ -230,6 +232,12 @@ def _check(recipe: Recipe) -> None:
     _check_scale_range(recipe)
     _check_milestones(recipe.milestones)
     _check_loss_weights(recipe.loss_weights)
+    if recipe.steps // recipe.val_every > MAX_VALIDATIONS:
+        raise ValueError(
+            f"val_every: {recipe.val_every:,} over {recipe.steps:,} steps validates "
+            f"{recipe.steps // recipe.val_every:,} times; allowed: at most {MAX_VALIDATIONS:,}, whose scores "
+            "every training checkpoint keeps"
+        )
 
 
 def _check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:

@@ -24,16 +24,16 @@ from torch import nn
 from ..distributed import DistContext, gather_tensor
 from ..model.checkpoint import CheckpointError, load_weights
 from ..model.config import MAX_CONFIG_CHARS, parse_document, read_text_file
-from .recipe import MAX_STEPS
+from .recipe import MAX_STEPS, MAX_VALIDATIONS
 
 log = logging.getLogger(__name__)
 
 FORMAT = "efficientps_ros/train-state/1"
 # The model's tensors are stored under this prefix, beside the optimiser's and the random states.
 MODEL_PREFIX = "model/"
-# The JSON half is read whole before it is parsed; parse_document allows this many characters,
-# and UTF-8 takes at most 4 bytes a character. A run's own is kilobytes plus ~200 bytes a validation.
-MAX_INFO_BYTES = 4 * MAX_CONFIG_CHARS
+# The JSON half is read whole before it is parsed. A run's own is kilobytes of optimiser settings,
+# recipe and config, plus under 300 characters a validation; json.dumps writes ASCII, a byte a character.
+MAX_INFO_CHARS = MAX_CONFIG_CHARS + 400 * MAX_VALIDATIONS
 # The generator states a rank may have: the CPU's, and the GPU's on a GPU.
 RNG_NAMES = ("torch", "cuda")
 
@@ -137,7 +137,8 @@ def read_training_info(path: str | Path) -> dict[str, Any]:
     stem = resolve_checkpoint(path)
     where = f"{stem}.json"
     try:
-        meta = parse_document(read_text_file(stem.with_suffix(".json"), MAX_INFO_BYTES, where), where, "json")
+        text = read_text_file(stem.with_suffix(".json"), MAX_INFO_CHARS, where)
+        meta = parse_document(text, where, "json", max_chars=MAX_INFO_CHARS)
     except ValueError as exc:  # the message names the file
         raise CheckpointError(str(exc)) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -33,10 +33,15 @@ def validate(
 
 
 def better(candidate: dict[str, float], best: dict[str, float] | None) -> bool:
-    """True when `candidate` beats `best`: higher PQ, then higher mIoU; NaN never wins."""
-    if best is None:
-        return True
-    return _score(candidate) > _score(best)
+    """True when `candidate` beats `best`: higher PQ, then higher mIoU; NaN never wins.
+
+    A validation with no defined score (no class seen) says nothing about the
+    weights, so it is no best even when there is none yet.
+    """
+    score = _score(candidate)
+    if score == (-math.inf, -math.inf):
+        return False
+    return best is None or score > _score(best)
 
 
 def _score(metrics: dict[str, float]) -> tuple[float, float]:

@@ -92,6 +92,8 @@ def test_overrides_replace_single_fields_and_none_keeps_the_recipe():
         ({"steps": 10**12}, "steps: expected an integer from 1 to 1,000,000,000"),
         ({"seed": 2**64}, "seed: expected an integer from 0 to 4,294,967,295"),
         ({"steps": 10**400}, "steps: expected a number, got an integer of 401 digits"),
+        ({"steps": 10**6, "val_every": 1}, "val_every: 1 over 1,000,000 steps validates 1,000,000 times; allowed: "
+                                            "at most 100,000"),
     ],
 )
 def test_every_numeric_setting_is_finite_and_in_its_range(changes, message):
@@ -101,8 +103,9 @@ def test_every_numeric_setting_is_finite_and_in_its_range(changes, message):
 
 def test_the_largest_settings_allowed_are_accepted():
     recipe = Recipe(image_size=(1024, 2048), scales=(0.5, 4.0), crop_size=(1024, 2048), scale_range=(0.5, 4.0),
-                    workers=64, val_count=5000, lr=10.0, momentum=0.999, clip=float(10**9))
-    assert max(recipe.scales) == 4.0
+                    workers=64, val_count=5000, lr=10.0, momentum=0.999, clip=float(10**9),
+                    steps=10**9, val_every=10**4)
+    assert max(recipe.scales) == 4.0 and recipe.steps // recipe.val_every == 100_000
 
 
 @pytest.mark.parametrize(

@@ -207,3 +207,23 @@ def test_undefined_scores_are_written_as_null(tmp_path):
     meta = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
     assert meta["history"] == [{"step": 1, "pq": None, "miou": 0.5}] and meta["best"] == {"step": 1, "pq": None}
     assert read_training_info(stem)["best"] == {"step": 1, "pq": None}
+
+
+def test_a_run_validating_as_often_as_a_recipe_allows_still_resumes(tmp_path):
+    """Every validation's scores stay in the checkpoint; the longest history a recipe allows must read back."""
+    from efficientps_ros.training.recipe import MAX_STEPS, MAX_VALIDATIONS
+    from efficientps_ros.training.validation import KEYS
+
+    widest = -1.2345678901234567e-05  # the longest repr a score in 0..1 has
+    row = {"step": MAX_STEPS, **dict.fromkeys(KEYS, widest)}
+    stem = _saved(tmp_path, {"history": [row] * MAX_VALIDATIONS, "best": row})
+    assert stem.with_suffix(".json").stat().st_size > 200 * MAX_VALIDATIONS
+    assert len(read_training_info(stem)["history"]) == MAX_VALIDATIONS
+
+
+def test_a_checkpoint_json_past_the_limit_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    stem = _saved(tmp_path)
+    size = stem.with_suffix(".json").stat().st_size
+    monkeypatch.setattr(state_module, "MAX_INFO_CHARS", size - 1)
+    with pytest.raises(CheckpointError, match=f"iter_0000001.json: larger than {size - 1:,} bytes"):
+        read_training_info(stem)
