@@ -56,7 +56,7 @@ STAMP_INTERFACES := $(VENV)/.stamp-interfaces
 INTERFACES    := vision_msgs tf2_msgs
 STAMP_PACKAGE := $(VENV)/.stamp-package
 
-.PHONY: setup test demo bench bench-node clean
+.PHONY: setup test demo bench bench-node qos-probe clean
 .DEFAULT_GOAL := test
 
 setup: $(STAMP_PACKAGE)
@@ -99,6 +99,11 @@ bench: setup
 # The node's own cost per frame (conversion, messages, publishing), model excluded.
 bench-node: setup
 	$(SANDBOX) $(PY) -m efficientps_ros.ros.benchmark
+
+# Which rgb8 image sizes arrive over best effort and reliable, in the tests' network namespace.
+QOS_PROBE_ARGS ?= --sizes 480x640 720x1280 1080x1920 1024x2048 --rate 30
+qos-probe: setup
+	$(SANDBOX) $(PY) -m efficientps_ros.ros.qos_probe $(QOS_PROBE_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -24,6 +24,8 @@ TOPIC = "/qos_probe/image"
 RELIABILITIES = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 # How long the subscriber keeps listening after the last frame was sent.
 DRAIN_S = 2.0
+# How long either side waits for the other before the probe gives up with a message.
+MATCH_TIMEOUT_S = 30.0
 
 
 def probe_qos(reliability: str) -> QoSProfile:
@@ -31,58 +33,105 @@ def probe_qos(reliability: str) -> QoSProfile:
     return QoSProfile(depth=1, reliability=RELIABILITIES[reliability], history=HistoryPolicy.KEEP_LAST)
 
 
-def listen(reliability: str) -> None:
-    """The subscriber side: counts until a line on stdin says the last frame was sent, then prints 'received lost'."""
+def probe_topic(height: int, width: int, reliability: str) -> str:
+    """A topic per probe, so a publisher never matches the subscription of the probe before it."""
+    return f"{TOPIC}/h{height}_w{width}_{reliability}"
+
+
+def listen() -> None:
+    """The subscriber side, one process for the whole run, driven by lines on stdin.
+
+    'TOPIC RELIABILITY' subscribes and answers 'listening'; the next line says
+    the last frame was sent, and is answered with 'received lost'. One process
+    throughout, because a DDS participant that leaves and another that joins in
+    its place is where TCP transports have failed to match again.
+    """
     rclpy.init()
     node = rclpy.create_node("qos_probe_subscriber")
-    counts = {"received": 0, "lost": 0}
+    print("ready", flush=True)
+    while line := sys.stdin.readline():
+        topic, reliability = line.split()
+        counts = {"received": 0, "lost": 0}
 
-    def lost(info) -> None:
-        counts["lost"] += info.total_count_change
+        def lost(info, counts=counts) -> None:
+            counts["lost"] += info.total_count_change
 
-    def received(message) -> None:
-        counts["received"] += 1
+        def received(message, counts=counts) -> None:
+            counts["received"] += 1
 
-    events = SubscriptionEventCallbacks(message_lost=lost)
-    node.create_subscription(Image, TOPIC, received, probe_qos(reliability), event_callbacks=events)
-    print("listening", flush=True)
-    while not select.select([sys.stdin], [], [], 0)[0]:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    end = time.monotonic() + DRAIN_S
-    while time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    print(counts["received"], counts["lost"], flush=True)
+        events = SubscriptionEventCallbacks(message_lost=lost)
+        subscription = node.create_subscription(Image, topic, received, probe_qos(reliability), event_callbacks=events)
+        print("listening", flush=True)
+        while not select.select([sys.stdin], [], [], 0)[0]:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        sys.stdin.readline()
+        end = time.monotonic() + DRAIN_S
+        while time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        print(counts["received"], counts["lost"], flush=True)
+        node.destroy_subscription(subscription)
     node.destroy_node()
     rclpy.shutdown()
 
 
-def send(node, height: int, width: int, rate: float, count: int, reliability: str) -> None:
-    publisher = node.create_publisher(Image, TOPIC, probe_qos(reliability))
-    while publisher.get_subscription_count() == 0:
-        time.sleep(0.05)
-    time.sleep(1.0)  # discovery settles both ways before the first frame counts
-    message = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=bytes(height * width * 3))
-    start = time.monotonic()
-    for index in range(count):
-        publisher.publish(message)
-        time.sleep(max(0.0, start + (index + 1) / rate - time.monotonic()))
-    node.destroy_publisher(publisher)
+class Listener:
+    """The subscriber process, seen from the publisher: one request, one line back, within a deadline."""
+
+    def __init__(self):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "efficientps_ros.ros.qos_probe", "--listen"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.reply("start")
+
+    def ask(self, line: str, timeout: float = MATCH_TIMEOUT_S) -> str:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        return self.reply(line, timeout)
+
+    def reply(self, what: str, timeout: float = MATCH_TIMEOUT_S) -> str:
+        if not select.select([self.process.stdout], [], [], timeout)[0]:
+            raise RuntimeError(f"the probe's subscriber did not answer {what!r} within {timeout:.0f} s")
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the probe's subscriber exited (status {self.process.wait()}) at {what!r}")
+        return answer.strip()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
-def probe(node, height: int, width: int, rate: float, seconds: float, reliability: str) -> tuple[int, int, int]:
+def send(node, topic: str, height: int, width: int, rate: float, count: int, reliability: str) -> None:
+    publisher = node.create_publisher(Image, topic, probe_qos(reliability))
+    try:
+        deadline = time.monotonic() + MATCH_TIMEOUT_S
+        while publisher.get_subscription_count() == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no subscriber matched {topic} ({reliability}) within {MATCH_TIMEOUT_S:.0f} s")
+            time.sleep(0.05)
+        time.sleep(1.0)  # discovery settles both ways before the first frame counts
+        message = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=bytes(height * width * 3))
+        start = time.monotonic()
+        for index in range(count):
+            publisher.publish(message)
+            time.sleep(max(0.0, start + (index + 1) / rate - time.monotonic()))
+    finally:
+        node.destroy_publisher(publisher)
+
+
+def probe(node, listener: Listener, height: int, width: int, rate: float, seconds: float,
+          reliability: str) -> tuple[int, int, int]:
     """(sent, received, lost) for one size and reliability."""
     count = round(rate * seconds)
-    listener = subprocess.Popen(
-        [sys.executable, "-m", "efficientps_ros.ros.qos_probe", "--listen", reliability],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        listener.stdout.readline()  # its subscription exists
-        send(node, height, width, rate, count, reliability)
-        received, lost = (int(v) for v in listener.communicate("sent\n", timeout=60)[0].split())
-    finally:
-        if listener.poll() is None:
-            listener.kill()
+    topic = probe_topic(height, width, reliability)
+    listener.ask(f"{topic} {reliability}")
+    send(node, topic, height, width, rate, count, reliability)
+    received, lost = (int(v) for v in listener.ask("sent", timeout=DRAIN_S + MATCH_TIMEOUT_S).split())
     return count, received, lost
 
 
@@ -98,22 +147,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=30.0, help="frames per second")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long each size is sent")
     parser.add_argument("--reliability", nargs="+", choices=sorted(RELIABILITIES), default=sorted(RELIABILITIES))
-    parser.add_argument("--listen", choices=sorted(RELIABILITIES), help=argparse.SUPPRESS)
+    parser.add_argument("--listen", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.listen:
-        listen(args.listen)
+        listen()
         return 0
     rclpy.init()
     node = rclpy.create_node("qos_probe_publisher")
+    listener = Listener()
     try:
         print(f"{'size':>10} {'MB':>6} {'rate':>5} {'reliability':>12} {'sent':>5} {'received':>8} {'lost':>5}")
         for height, width in args.sizes:
             for reliability in args.reliability:
-                sent, received, lost = probe(node, height, width, args.rate, args.seconds, reliability)
+                sent, received, lost = probe(node, listener, height, width, args.rate, args.seconds, reliability)
                 megabytes = height * width * 3 / 1e6
                 print(f"{f'{height}x{width}':>10} {megabytes:6.1f} {args.rate:5.0f} {reliability:>12} {sent:5d} "
                       f"{received:8d} {lost:5d}", flush=True)
+    except RuntimeError as error:
+        print(f"qos_probe: {error}", file=sys.stderr)
+        return 1
     finally:
+        listener.close()
         node.destroy_node()
         rclpy.shutdown()
     return 0
