@@ -54,11 +54,11 @@ from .model.config import CITYSCAPES_CLASSES, EfficientPSConfig, config_from_dic
 from .model.pretrained import load_backbone_weights
 from .training.batches import (
     StepBatches,
+    ValidationScenes,
     step_loader,
     step_size,
     train_seeds,
     val_seeds,
-    validation_scenes,
 )
 from .training.recipe import LOSS_TERMS, Recipe, load_recipe, lr_factor, recipe_from_dict, recipe_lr_factor
 from .training.run_log import RunLog, plot_curves
@@ -539,7 +539,7 @@ def _datasets(data: str | Path | None, config: EfficientPSConfig, recipe: Recipe
                 f"the config has its own class table ({len(config.classes)} classes), but the synthetic scenes "
                 "carry Cityscapes train ids: training without --data needs the Cityscapes class table"
             )
-        return None, validation_scenes(recipe.image_size, recipe.val_count)
+        return None, ValidationScenes(recipe.image_size, recipe.val_count)
     from .data.datasets import PanopticDataset
 
     splits = PanopticDataset(data, "train", config.classes), PanopticDataset(data, "val", config.classes)

@@ -30,8 +30,23 @@ def val_seeds(count: int) -> list[int]:
     return [scene_seed("val", 0, index) for index in range(count)]
 
 
-def validation_scenes(image_size: tuple[int, int], count: int) -> list[Scene]:
-    return [street_scene(image_size[0], image_size[1], seed=s) for s in val_seeds(count)]
+class ValidationScenes(Sequence):
+    """The held-out synthetic scenes, each made when it is read.
+
+    Made again at every validation rather than held: thousands of them at
+    1024x2048 would take tens of GB, and a scene costs far less to make than
+    to predict.
+    """
+
+    def __init__(self, image_size: tuple[int, int], count: int):
+        self.image_size = tuple(image_size)
+        self.seeds = val_seeds(count)
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, index: int) -> Scene:
+        return street_scene(self.image_size[0], self.image_size[1], seed=self.seeds[index])
 
 
 def step_size(image_size: tuple[int, int], scale: float, divisor: int) -> tuple[int, int]:

@@ -27,8 +27,7 @@ MAX_BATCH_SIZE = 256
 # Loader processes: each is a whole Python process with its batches in flight; more than a
 # large machine's cores only competes with the step for them.
 MAX_WORKERS = 64
-# COCO's val split, the largest common one, has 5,000 images; synthetic validation
-# scenes are made up front and held in memory together.
+# COCO's val split, the largest common one, has 5,000 images.
 MAX_VAL_COUNT = 5000
 # Every validation's scores stay in the run's training checkpoints (state.MAX_INFO_CHARS).
 MAX_VALIDATIONS = 100_000

@@ -5,7 +5,14 @@ import torch
 from efficientps_ros.data.synthetic import street_scene
 from efficientps_ros.data.targets import normalize
 from efficientps_ros.model import load_config
-from efficientps_ros.training.batches import StepBatches, step_loader, train_seeds
+from efficientps_ros.training import batches
+from efficientps_ros.training.batches import (
+    StepBatches,
+    ValidationScenes,
+    step_loader,
+    train_seeds,
+    val_seeds,
+)
 from efficientps_ros.training.recipe import Recipe
 from efficientps_ros.training.sampler import ShardedSampler
 
@@ -37,3 +44,16 @@ def test_dataset_batches_are_the_sampled_scenes():
         torch.testing.assert_close(image, normalize(scenes[index].image, CONFIG))
     labels = np.stack([scenes[i].semantic for i in sampler.indices(1)])
     assert torch.equal(torch.stack([t["semantic"] for t in batch.targets]), torch.from_numpy(labels.astype(np.int64)))
+
+
+def test_validation_scenes_are_the_val_seeds_scenes_made_when_read(monkeypatch):
+    made = []
+    monkeypatch.setattr(batches, "street_scene", lambda h, w, seed: made.append((h, w, seed)) or seed)
+    scenes = ValidationScenes((64, 128), 5000)
+    assert len(scenes) == 5000 and made == []
+    assert [scenes[0], scenes[4999], scenes[-1]] == [val_seeds(5000)[0], val_seeds(5000)[-1], val_seeds(5000)[-1]]
+    assert made[0] == (64, 128, val_seeds(1)[0])
+    monkeypatch.undo()
+    scene = ValidationScenes((64, 128), 2)[1]
+    expected = street_scene(64, 128, seed=val_seeds(2)[1])
+    assert np.array_equal(scene.image, expected.image) and np.array_equal(scene.instance, expected.instance)
