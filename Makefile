@@ -26,7 +26,7 @@ ROSIDL_PACKAGES := ros-kilted-ament-cmake ros-kilted-ament-cmake-include-directo
 	"cmake>=3.21" ninja
 # Default PyPI builds: a CPU-only torch breaks torchvision's compiled ops.
 ML_PACKAGES := "torch>=2.4" "torchvision>=0.19" "timm>=1.0" "safetensors>=0.4" \
-	"numpy>=1.24" pyyaml pillow "rosbags>=0.11,<0.12" "tqdm>=4.60" "matplotlib>=3.7"
+	"numpy>=1.24" pyyaml pillow "simplejpeg>=1.7" "rosbags>=0.11,<0.12" "tqdm>=4.60" "matplotlib>=3.7"
 # cityscapesscripts: the official evaluation the metrics are checked against.
 TEST_PACKAGES := "pytest>=7" "cityscapesscripts==2.3.0"
 
@@ -68,7 +68,7 @@ $(VENV)/bin/python:
 
 $(STAMP_DEPS): Makefile | $(VENV)/bin/python
 	$(PIP) install -q $(ROS_PACKAGES) $(ROSIDL_PACKAGES) $(ML_PACKAGES) $(TEST_PACKAGES) 2>&1 | $(QUIET_PIP)
-	$(PY) -c 'import rclpy, torch, torchvision.ops, timm, safetensors, rosbags'
+	$(PY) -c 'import rclpy, torch, torchvision.ops, timm, safetensors, rosbags, simplejpeg'
 	touch $@
 
 $(STAMP_INTERFACES): $(STAMP_DEPS) interfaces/build_interfaces.sh $(wildcard $(INTERFACES:%=interfaces/%/*) $(INTERFACES:%=interfaces/%/msg/*))

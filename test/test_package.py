@@ -22,6 +22,7 @@ KEYS = {
     "numpy": "python3-numpy",
     "yaml": "python3-yaml",
     "PIL": "python3-pil",
+    "simplejpeg": "python3-simplejpeg-pip",
     "rosgraph_msgs": "rosgraph_msgs",
     "tqdm": "python3-tqdm",
     "matplotlib": "python3-matplotlib",

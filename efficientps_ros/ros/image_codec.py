@@ -8,7 +8,7 @@ Faster still, `array_to_serialized_image` gives the serialised message itself,
 for publishing or a bag, with one copy of the pixels.
 
 `to_rgb8` turns any colour, mono, Bayer or YUV 4:2:2 encoding into the HxWx3
-uint8 RGB array the model eats. Compressed images (jpeg, png) go through Pillow.
+uint8 RGB array the model eats. Compressed images go through libjpeg-turbo (jpeg) and Pillow (png).
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import sys
 from typing import NamedTuple, Optional, Union
 
 import numpy as np
+import simplejpeg
 from PIL import Image as PILImage
-from PIL import JpegImagePlugin, PngImagePlugin
+from PIL import PngImagePlugin
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -58,12 +59,20 @@ _RGB_SOURCES: dict[str, tuple[tuple[int, int, int], int]] = {
 _YUV_LUMA_INDEX = {"yuv422": 1, "uyvy": 1, "yuv422_yuy2": 0, "yuyv": 0}
 
 _COMPRESSED_FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG"}
-# Pillow's own classes for them. Image.open would apply Pillow's global
+# PNG goes to Pillow's own class for it. Image.open would apply Pillow's global
 # decompression-bomb limit (a warning above 89 M pixels, an error above 179 M),
 # overriding `max_pixels`, and when no plugin accepts a file it names only the
-# stream object, not the reason the plugin gave. The classes leave that global
+# stream object, not the reason the plugin gave. The class leaves that global
 # alone, as other code and other decoding threads expect to find it.
-_PILLOW_CLASSES = {"JPEG": JpegImagePlugin.JpegImageFile, "PNG": PngImagePlugin.PngImageFile}
+# JPEG goes to libjpeg-turbo through simplejpeg, which passes on libjpeg's
+# warnings: Pillow drops them, so a stream cut short and closed again decoded
+# with its missing part grey. The one warning that leaves the image whole:
+# junk between the last scan and the end-of-image marker, which some webcams'
+# MJPEG frames carry. libjpeg warns at the first thing it finds, so when that
+# is this one, everything before it decoded cleanly.
+_JPEG_HARMLESS_WARNING = re.compile(r"^Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9$")
+# libjpeg converts greyscale and YCbCr (or Adobe RGB) to RGB; not CMYK or YCCK.
+_JPEG_COMPONENTS = (1, 3)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 # Bit depths each PNG colour type may have (PNG specification, table 11.1).
@@ -84,12 +93,12 @@ _JPEG_START_OF_SCAN = b"\xff\xda"
 # Bytes after the end-of-image marker some encoders pad with (zeros or 0xFF).
 _JPEG_TAIL_PADDING = 64
 # Real files have a dozen segments before the first scan, up to a few hundred
-# with a long ICC profile. Pillow reads each in Python: millions of tiny crafted
-# ones would take seconds and hold every one in memory.
+# with a long ICC profile. The header is read here in Python before libjpeg
+# reads it again: millions of tiny crafted ones would take seconds.
 _JPEG_MAX_HEADER_SEGMENTS = 1024
 # Fill bytes (extra 0xFF before a marker) are optional padding; libjpeg never
-# writes them, and the encoders that pad with them write a few. Pillow steps over them one
-# at a time in Python, about half a microsecond each: 8 KiB of them cost 4 ms.
+# writes them, and the encoders that pad with them write a few. More is no
+# camera's, and each costs the header's reading here a step.
 _JPEG_MAX_FILL_BYTES = 8192
 _JPEG_FILL = re.compile(rb"\xff+")
 # libjpeg's default progressive script has 10 scans (6 for greyscale), and
@@ -98,7 +107,7 @@ _JPEG_FILL = re.compile(rb"\xff+")
 # times costs a thousand times the CPU. 100 bounds the decode at ten times a
 # default progressive one.
 _JPEG_MAX_SCANS = 100
-# What Pillow raises for a payload it cannot decode, including absurd sizes.
+# What Pillow and simplejpeg raise for a payload they cannot decode, including absurd sizes.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PILImage.DecompressionBombError)
 
 ImageOrArray = Union[Image, np.ndarray]
@@ -301,7 +310,7 @@ def _colour_encodings() -> list[str]:
 
 
 def _compressed_codec(fmt: str) -> str:
-    """Pillow's codec name for a CompressedImage format such as 'rgb8; jpeg compressed bgr8'."""
+    """The codec, JPEG or PNG, of a CompressedImage format such as 'rgb8; jpeg compressed bgr8'."""
     words = fmt.lower().replace(";", " ").split()
     if "compresseddepth" in words:
         raise ValueError(f"compressed format {fmt!r} is a depth image; a colour model cannot use it")
@@ -327,15 +336,16 @@ def compressed_to_rgb8(
 ) -> np.ndarray:
     """Decode a jpeg or png CompressedImage to an HxWx3 uint8 RGB array.
 
-    The file's structure is read first, without Pillow, in a few linear scans.
+    The file's structure is read first, without a decoder, in a few linear scans.
     With `max_pixels`, the size in the header is checked as `check_image_size`
     does (the padded network input included, given the `size_divisor` and the
     `inference_size`); without it, against Pillow's own limit. Refused too:
     what would make the decode slow out of proportion to the data (JPEG fill
     bytes, header segments and scans, PNG chunks, each capped), and data that
-    cannot be complete, though a JPEG cut short and closed again is not always
-    seen (see `_checked_jpeg`). Pillow refuses a stream that ends early (with
-    `ImageFile.LOAD_TRUNCATED_IMAGES` off, its default).
+    cannot be complete. The decoders refuse the rest of what is cut short or
+    damaged: libjpeg's warnings are errors here (`_decode_jpeg`), and Pillow
+    refuses a PNG that ends early (with `ImageFile.LOAD_TRUNCATED_IMAGES` off,
+    its default).
     """
     codec = _compressed_codec(msg.format)
     # One copy, which bytes.count can search and the decoder's stream shares.
@@ -349,11 +359,23 @@ def compressed_to_rgb8(
     else:
         _check_pillow_limit(width, height)
     try:
-        with _PILLOW_CLASSES[codec](io.BytesIO(data)) as image:
+        if codec == "JPEG":
+            return _decode_jpeg(data)
+        with PngImagePlugin.PngImageFile(io.BytesIO(data)) as image:
             image.load()
             return _pil_to_rgb8(image)
     except _DECODE_ERRORS as error:
         raise ValueError(f"corrupt {codec.lower()} image (format {msg.format!r}): {error}") from None
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    """RGB from libjpeg-turbo, refusing what it warns of but junk before the end-of-image marker."""
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError as error:
+        if not _JPEG_HARMLESS_WARNING.match(str(error)):
+            raise
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
 
 
 def _check_pillow_limit(width: int, height: int) -> None:
@@ -430,14 +452,13 @@ def _checked_jpeg(data: bytes) -> tuple[int, int]:
     be long enough for the image it declares: every 8x8 block of every
     component codes at least one Huffman symbol of at least one bit. That
     refuses a stream cut short of that size even when an end-of-image marker
-    was appended to it, which Pillow would decode, filling the rest with
+    was appended to it, which libjpeg would decode, filling the rest with
     grey. A frame coded in one scan with restart markers must hold them all,
     which refuses such a stream cut anywhere before its last restart interval.
-    Not caught: a stream without restart markers (libjpeg's default, so
-    Pillow's and OpenCV's), or with several scans, cut past that least size
-    and closed again. libjpeg decodes it with a warning that Pillow does not
-    pass on, the missing blocks uniform grey, and nothing cheaper than
-    decoding the Huffman codes could tell it from a complete image.
+    A stream cut past that least size and closed again, without restart
+    markers (libjpeg's default, so Pillow's and OpenCV's) or with several
+    scans, looks complete until its Huffman codes are decoded: libjpeg's
+    warning then refuses it (`_decode_jpeg`).
     """
     header = _jpeg_header(data)
     if header.frame not in _JPEG_HUFFMAN_FRAMES:
@@ -446,6 +467,11 @@ def _checked_jpeg(data: bytes) -> tuple[int, int]:
         )
     if header.precision != 8:
         raise ValueError(f"{header.precision}-bit samples are not supported; allowed: 8-bit")
+    if len(header.sampling) not in _JPEG_COMPONENTS:
+        raise ValueError(
+            f"{len(header.sampling)} colour components (CMYK or YCCK if 4) are not supported; "
+            "allowed: 1 (greyscale) or 3 (colour)"
+        )
     width, height = _declared(header.width, header.height)
     tail = data[-_JPEG_TAIL_PADDING:]
     end = tail.rfind(b"\xff\xd9")
@@ -463,8 +489,8 @@ def _checked_jpeg(data: bytes) -> tuple[int, int]:
 def _jpeg_header(data: bytes) -> _JpegHeader:
     """The segments up to the first scan, within the caps on their number and on fill bytes.
 
-    Pillow reads these in Python, so they are capped, before and after the
-    frame header alike; the rest of the file goes to libjpeg.
+    They are read here in Python, so they are capped, before and after the
+    frame header alike; the rest of the file is only counted, for libjpeg.
     """
     if data[:2] != b"\xff\xd8":
         raise ValueError("no JPEG start-of-image marker")

@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image as PILImage
 from PIL import ImageFile
 from sensor_msgs.msg import CompressedImage, Image
@@ -383,10 +384,18 @@ def test_rgb8_to_compressed_validates() -> None:
 
 @pytest.fixture
 def decoded(monkeypatch) -> list:
-    """Records every decode of a file by Pillow, to show that a refusal came before one."""
+    """Records the (width, height) of every decode, by Pillow (png) or libjpeg (jpeg), to show that a refusal came before one."""
     calls = []
     original_load = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: calls.append(self.size) or original_load(self))
+    original_decode = simplejpeg.decode_jpeg
+
+    def decode_jpeg(data, **options):
+        height, width = simplejpeg.decode_jpeg_header(data)[:2]
+        calls.append((width, height))
+        return original_decode(data, **options)
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", decode_jpeg)
     return calls
 
 
@@ -440,8 +449,8 @@ def _noisy_jpeg(height: int = 160, width: int = 160) -> bytes:
 
 
 def test_a_10kb_jpeg_claiming_8000x4000_is_refused_before_decoding(decoded):
-    # The first 10 KB of a frame, closed with an end-of-image marker: Pillow
-    # alone would decode it as a valid 8000x4000 frame, the rest filled grey.
+    # The first 10 KB of a frame, closed with an end-of-image marker: libjpeg
+    # decodes it as an 8000x4000 frame, the rest filled grey, with a warning.
     data = _jpeg_with_size(_noisy_jpeg(), 8000, 4000)[:10_000] + b"\xff\xd9"
     msg = CompressedImage(format="jpeg", data=data)
     with pytest.raises(ValueError, match=(
@@ -528,9 +537,11 @@ def _progressive_jpeg_of(scans: int) -> bytes:
     return data[:-2] + data[last:-2] * (scans - data.count(b"\xff\xda")) + b"\xff\xd9"
 
 
-def test_a_progressive_jpeg_of_100_scans_is_accepted():
-    rgb = compressed_to_rgb8(CompressedImage(format="jpeg", data=_progressive_jpeg_of(100)))
-    assert rgb.shape == (48, 64, 3)
+def test_a_progressive_jpeg_of_100_scans_reaches_the_decoder(decoded):
+    # 100 scans are allowed; repeating a refinement scan is then libjpeg's to refuse.
+    with pytest.raises(ValueError, match=r"^corrupt jpeg image \(format 'jpeg'\): Inconsistent progression sequence"):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=_progressive_jpeg_of(100)))
+    assert decoded == [(64, 48)]
 
 
 @pytest.mark.parametrize("scans", [101, 1010])
@@ -662,6 +673,47 @@ def test_a_jpeg_with_restart_markers_cut_and_closed_again_is_refused_before_deco
     assert decoded == []
 
 
+@pytest.mark.parametrize("options", [{}, {"progressive": True}], ids=["baseline", "progressive"])
+def test_a_jpeg_without_restart_markers_cut_and_closed_again_is_refused_by_the_decoder(decoded, options):
+    # Past the least size a complete image needs, only the Huffman codes show it
+    # short; libjpeg warns, and would otherwise fill the rest grey.
+    good = _jpeg_bytes(random_array("rgb8", 160, 160, seed=17), **options)
+    cut = good[: len(good) * 3 // 4] + b"\xff\xd9"
+    with pytest.raises(ValueError, match=(
+        r"^corrupt jpeg image \(format 'jpeg'\): Corrupt JPEG data: premature end of data segment$"
+    )):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=cut))
+    assert decoded == [(160, 160)]
+
+
+def test_junk_before_the_end_of_image_marker_is_accepted_as_the_whole_image():
+    # Some webcams' MJPEG frames carry it; every scan decoded before libjpeg met it.
+    good = _jpeg_bytes(random_array("rgb8", 48, 64, seed=18))
+    # More than the decoder's bit buffer reads ahead and drops silently.
+    padded = good[:-2] + bytes(range(1, 33)) + b"\xff\xd9"
+    with pytest.raises(ValueError, match=r"^Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9$"):
+        simplejpeg.decode_jpeg(padded, strict=True)
+    expected = compressed_to_rgb8(CompressedImage(format="jpeg", data=good))
+    assert np.array_equal(compressed_to_rgb8(CompressedImage(format="jpeg", data=padded)), expected)
+
+
+def test_junk_between_scans_is_refused():
+    good = _jpeg_bytes(random_array("rgb8", 48, 64, seed=19), progressive=True)
+    second_scan = good.index(b"\xff\xda", good.index(b"\xff\xda") + 2)
+    damaged = good[:second_scan] + b"\x00\x12" + good[second_scan:]
+    with pytest.raises(ValueError, match=r"Corrupt JPEG data: 2 extraneous bytes before marker 0xda$"):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=damaged))
+
+
+def test_libjpeg_decodes_as_pillow_does():
+    for encoding, options in (("rgb8", {}), ("rgb8", {"subsampling": 0}), ("rgb8", {"progressive": True}),
+                              ("mono8", {})):
+        data = _jpeg_bytes(random_array(encoding, 37, 53, seed=20), **options)
+        with PILImage.open(io.BytesIO(data)) as image:
+            expected = np.array(image.convert("RGB"))
+        assert np.array_equal(compressed_to_rgb8(CompressedImage(format="jpeg", data=data)), expected), options
+
+
 def test_complete_jpegs_with_restart_markers_are_accepted():
     for height, width in ((37, 53), (8, 8), (9, 130)):
         for encoding in ("rgb8", "mono8"):
@@ -710,6 +762,12 @@ def _jpeg_with_components(data: bytes, components: int) -> bytes:
     return data[:start + 9] + bytes([components]) + data[start + 10:]
 
 
+def _cmyk_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("CMYK", (16, 16), (10, 20, 30, 40)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
 def _jpeg_with_precision(data: bytes, bits: int) -> bytes:
     """The jpeg `data` as an extended-process frame (the one that allows 12 bits) of `bits` per sample."""
     start = data.index(b"\xff\xc0")
@@ -722,9 +780,11 @@ def _jpeg_with_precision(data: bytes, bits: int) -> bytes:
     ("png", _png(np.zeros((4, 4, 3), np.uint8), bit_depth=4),
      "bit depth 4 is not defined for colour type 2; allowed: 8, 16"),
     ("jpeg", _jpeg_with_precision(_noisy_jpeg(16, 16), 12), "12-bit samples are not supported; allowed: 8-bit"),
-    # Refused by Pillow, whose reason comes through.
-    ("jpeg", _jpeg_with_components(_noisy_jpeg(16, 16), 2), "cannot handle 2-layer images"),
-], ids=["png colour type", "png bit depth", "12-bit jpeg", "2-component jpeg"])
+    ("jpeg", _jpeg_with_components(_noisy_jpeg(16, 16), 2),
+     "2 colour components (CMYK or YCCK if 4) are not supported; allowed: 1 (greyscale) or 3 (colour)"),
+    ("jpeg", _cmyk_jpeg(),
+     "4 colour components (CMYK or YCCK if 4) are not supported; allowed: 1 (greyscale) or 3 (colour)"),
+], ids=["png colour type", "png bit depth", "12-bit jpeg", "2-component jpeg", "4-component jpeg"])
 def test_an_unsupported_format_is_named_not_the_stream_object(fmt, data, problem):
     with pytest.raises(ValueError) as refusal:
         compressed_to_rgb8(CompressedImage(format=fmt, data=data))
