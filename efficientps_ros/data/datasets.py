@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from ..input_limits import check_image_size
+from ..jpeg import decode_jpeg
 from ..model.config import (
     CITYSCAPES_CLASSES, MAX_CONFIG_CHARS, MAX_NESTING, VOID_TRAIN_ID, ClassInfo, check_nesting, parse_document,
     read_text_file,
@@ -63,6 +64,11 @@ _SEARCH_PIXELS = 1 << 16
 _SHOWN_IDS = 5
 # What Pillow raises for a file it cannot open or decode.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+# A JPEG is read whole for libjpeg: at most this many bytes a pixel its header
+# declares (at quality 100 noise takes under 3 bytes a pixel) and 1 MiB of
+# profiles and metadata.
+_JPEG_BYTES_PER_PIXEL = 4
+_JPEG_METADATA_BYTES = 1 << 20
 
 
 class Unlisted(NamedTuple):
@@ -257,11 +263,27 @@ def _decoded(image: Image.Image, path: Path) -> np.ndarray:
 def read_rgb(path: str | Path) -> np.ndarray:
     """An image file as HxWx3 uint8 RGB, its size checked against MAX_IMAGE_PIXELS before it is decoded.
 
-    A missing, unreadable or oversized file is one ValueError naming it.
+    A missing, unreadable or oversized file is one ValueError naming it, and
+    so is a greyscale or colour JPEG that libjpeg finds damaged (`jpeg.py`),
+    which Pillow would decode with its missing part grey.
     """
     path = Path(path)
     with _open_image(path) as image:
+        if image.format == "JPEG" and image.mode in ("L", "RGB"):
+            return _decoded_jpeg(path, image.width * image.height)
         return _decoded(image, path)
+
+
+def _decoded_jpeg(path: Path, pixels: int) -> np.ndarray:
+    limit = _JPEG_BYTES_PER_PIXEL * pixels + _JPEG_METADATA_BYTES
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+        if len(data) > limit:
+            raise ValueError(f"more than {limit:,} bytes for {pixels:,} pixels")
+        return decode_jpeg(data)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not readable as an image ({exc})") from None
 
 
 def _read_panoptic(path: Path) -> np.ndarray:

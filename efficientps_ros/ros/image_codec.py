@@ -18,13 +18,13 @@ import sys
 from typing import NamedTuple, Optional, Union
 
 import numpy as np
-import simplejpeg
 from PIL import Image as PILImage
 from PIL import PngImagePlugin
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ..input_limits import check_image_size
+from ..jpeg import decode_jpeg
 from .cdr import serialized_image
 
 # encoding -> (numpy dtype without byte order, channels per pixel). YUV 4:2:2
@@ -64,13 +64,7 @@ _COMPRESSED_FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG"}
 # overriding `max_pixels`, and when no plugin accepts a file it names only the
 # stream object, not the reason the plugin gave. The class leaves that global
 # alone, as other code and other decoding threads expect to find it.
-# JPEG goes to libjpeg-turbo through simplejpeg, which passes on libjpeg's
-# warnings: Pillow drops them, so a stream cut short and closed again decoded
-# with its missing part grey. The one warning that leaves the image whole:
-# junk between the last scan and the end-of-image marker, which some webcams'
-# MJPEG frames carry. libjpeg warns at the first thing it finds, so when that
-# is this one, everything before it decoded cleanly.
-_JPEG_HARMLESS_WARNING = re.compile(r"^Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9$")
+# JPEG goes to libjpeg-turbo, whose warnings refuse a damaged frame (`jpeg.py`).
 # libjpeg converts greyscale and YCbCr (or Adobe RGB) to RGB; not CMYK or YCCK.
 _JPEG_COMPONENTS = (1, 3)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -343,7 +337,7 @@ def compressed_to_rgb8(
     what would make the decode slow out of proportion to the data (JPEG fill
     bytes, header segments and scans, PNG chunks, each capped), and data that
     cannot be complete. The decoders refuse the rest of what is cut short or
-    damaged: libjpeg's warnings are errors here (`_decode_jpeg`), and Pillow
+    damaged: libjpeg's warnings are errors here (`jpeg.decode_jpeg`), and Pillow
     refuses a PNG that ends early (with `ImageFile.LOAD_TRUNCATED_IMAGES` off,
     its default).
     """
@@ -360,22 +354,12 @@ def compressed_to_rgb8(
         _check_pillow_limit(width, height)
     try:
         if codec == "JPEG":
-            return _decode_jpeg(data)
+            return decode_jpeg(data)
         with PngImagePlugin.PngImageFile(io.BytesIO(data)) as image:
             image.load()
             return _pil_to_rgb8(image)
     except _DECODE_ERRORS as error:
         raise ValueError(f"corrupt {codec.lower()} image (format {msg.format!r}): {error}") from None
-
-
-def _decode_jpeg(data: bytes) -> np.ndarray:
-    """RGB from libjpeg-turbo, refusing what it warns of but junk before the end-of-image marker."""
-    try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
-    except ValueError as error:
-        if not _JPEG_HARMLESS_WARNING.match(str(error)):
-            raise
-    return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
 
 
 def _check_pillow_limit(width: int, height: int) -> None:
@@ -458,7 +442,7 @@ def _checked_jpeg(data: bytes) -> tuple[int, int]:
     A stream cut past that least size and closed again, without restart
     markers (libjpeg's default, so Pillow's and OpenCV's) or with several
     scans, looks complete until its Huffman codes are decoded: libjpeg's
-    warning then refuses it (`_decode_jpeg`).
+    warning then refuses it (`jpeg.decode_jpeg`).
     """
     header = _jpeg_header(data)
     if header.frame not in _JPEG_HUFFMAN_FRAMES:

@@ -478,3 +478,36 @@ def test_a_class_table_too_deep_or_not_utf8_is_named(tmp_path, content, message)
     with pytest.raises(ValueError, match=message) as error:
         load_class_table(table)
     assert str(error.value).startswith(f"{table}: ")
+
+
+def _jpeg_image_path(root) -> Path:
+    _write_by_hand(root, file_name="aachen_000000_000019.jpg")
+    return root / "leftImg8bit/val/aachen/aachen_000000_000019.jpg"
+
+
+def test_a_jpeg_image_decodes_as_pillow_decodes_it(tmp_path):
+    path = _jpeg_image_path(tmp_path)
+    with Image.open(path) as image:
+        assert image.format == "JPEG"
+        expected = np.asarray(image.convert("RGB"))
+    assert np.array_equal(PanopticDataset(tmp_path, "val")[0].image, expected)
+
+
+def test_a_jpeg_image_cut_short_and_closed_again_is_named_not_read_grey(tmp_path):
+    path = _jpeg_image_path(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-12] + b"\xff\xd9")  # the last 10 bytes of its coded data cut
+    with Image.open(path) as image:
+        image.load()  # Pillow alone reads it without complaint
+    with pytest.raises(ValueError, match=(
+        rf"^{path}: not readable as an image \(Corrupt JPEG data: premature end of data segment\)$"
+    )):
+        PanopticDataset(tmp_path, "val")[0]
+
+
+def test_a_jpeg_image_with_more_bytes_than_its_pixels_could_take_is_refused_unread(tmp_path):
+    path = _jpeg_image_path(tmp_path)
+    with path.open("ab") as handle:
+        handle.write(bytes(2 << 20))
+    with pytest.raises(ValueError, match=rf"^{path}: not readable as an image \(more than [\d,]+ bytes for {H * W} pixels\)$"):
+        PanopticDataset(tmp_path, "val")[0]

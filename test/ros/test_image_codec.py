@@ -686,34 +686,6 @@ def test_a_jpeg_without_restart_markers_cut_and_closed_again_is_refused_by_the_d
     assert decoded == [(160, 160)]
 
 
-def test_junk_before_the_end_of_image_marker_is_accepted_as_the_whole_image():
-    # Some webcams' MJPEG frames carry it; every scan decoded before libjpeg met it.
-    good = _jpeg_bytes(random_array("rgb8", 48, 64, seed=18))
-    # More than the decoder's bit buffer reads ahead and drops silently.
-    padded = good[:-2] + bytes(range(1, 33)) + b"\xff\xd9"
-    with pytest.raises(ValueError, match=r"^Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9$"):
-        simplejpeg.decode_jpeg(padded, strict=True)
-    expected = compressed_to_rgb8(CompressedImage(format="jpeg", data=good))
-    assert np.array_equal(compressed_to_rgb8(CompressedImage(format="jpeg", data=padded)), expected)
-
-
-def test_junk_between_scans_is_refused():
-    good = _jpeg_bytes(random_array("rgb8", 48, 64, seed=19), progressive=True)
-    second_scan = good.index(b"\xff\xda", good.index(b"\xff\xda") + 2)
-    damaged = good[:second_scan] + b"\x00\x12" + good[second_scan:]
-    with pytest.raises(ValueError, match=r"Corrupt JPEG data: 2 extraneous bytes before marker 0xda$"):
-        compressed_to_rgb8(CompressedImage(format="jpeg", data=damaged))
-
-
-def test_libjpeg_decodes_as_pillow_does():
-    for encoding, options in (("rgb8", {}), ("rgb8", {"subsampling": 0}), ("rgb8", {"progressive": True}),
-                              ("mono8", {})):
-        data = _jpeg_bytes(random_array(encoding, 37, 53, seed=20), **options)
-        with PILImage.open(io.BytesIO(data)) as image:
-            expected = np.array(image.convert("RGB"))
-        assert np.array_equal(compressed_to_rgb8(CompressedImage(format="jpeg", data=data)), expected), options
-
-
 def test_complete_jpegs_with_restart_markers_are_accepted():
     for height, width in ((37, 53), (8, 8), (9, 130)):
         for encoding in ("rgb8", "mono8"):

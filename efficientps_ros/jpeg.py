@@ -1,0 +1,33 @@
+"""JPEG decoding through libjpeg-turbo, refusing what libjpeg warns is damaged.
+
+Pillow drops libjpeg's warnings, so a stream cut short and closed again with
+an end-of-image marker decodes without complaint, its missing part grey.
+simplejpeg passes them on, and decodes as Pillow does, bit for bit.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import simplejpeg
+
+# The one warning that leaves the image whole: junk between the last scan and
+# the end-of-image marker, which some webcams' MJPEG frames carry. libjpeg
+# warns at the first damage it meets, so when that is this one, everything
+# before it decoded cleanly.
+_HARMLESS_WARNING = re.compile(r"^Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9$")
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """HxWx3 uint8 RGB of a greyscale or colour JPEG.
+
+    ValueError with libjpeg's message for data it cannot decode, and for data
+    it would decode only with a warning (truncated, damaged, junk between
+    scans), but junk before the end-of-image marker.
+    """
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError as error:
+        if not _HARMLESS_WARNING.match(str(error)):
+            raise
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
