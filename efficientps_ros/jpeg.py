@@ -19,15 +19,19 @@ _HARMLESS_WARNING = re.compile(r"^Corrupt JPEG data: \d+ extraneous bytes before
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """HxWx3 uint8 RGB of a greyscale or colour JPEG.
+    """HxWx3 uint8 RGB of a JPEG.
 
     ValueError with libjpeg's message for data it cannot decode, and for data
     it would decode only with a warning (truncated, damaged, junk between
-    scans), but junk before the end-of-image marker.
+    scans), but junk before the end-of-image marker. The size the header
+    declares is allocated as it is: callers check it first.
     """
+    height, width = simplejpeg.decode_jpeg_header(data)[:2]
+    pixels = np.empty((height, width, 3), np.uint8)
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, buffer=pixels)
     except ValueError as error:
         if not _HARMLESS_WARNING.match(str(error)):
             raise
-    return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
+    # libjpeg raises a warning once the decode is over, so the image is whole in the buffer.
+    return pixels

@@ -41,14 +41,20 @@ def test_a_stream_cut_short_and_closed_again_is_refused(options):
         decode_jpeg(cut)
 
 
-def test_junk_before_the_end_of_image_marker_leaves_the_image_whole():
+@pytest.mark.parametrize("options", [{}, {"progressive": True}], ids=["baseline", "progressive"])
+def test_junk_before_the_end_of_image_marker_leaves_the_image_whole_in_one_decode(monkeypatch, options):
     # Some webcams' MJPEG frames carry it; every scan decoded before libjpeg met it.
-    good = _jpeg(_noise(48, 64, seed=2))
+    good = _jpeg(_noise(48, 64, seed=2), **options)
     # More than the decoder's bit buffer reads ahead and drops silently.
     padded = good[:-2] + bytes(range(1, 33)) + b"\xff\xd9"
     with pytest.raises(ValueError, match=r"^Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9$"):
         simplejpeg.decode_jpeg(padded, strict=True)
-    assert np.array_equal(decode_jpeg(padded), decode_jpeg(good))
+    expected = simplejpeg.decode_jpeg(good, colorspace="RGB")
+    decodes = []
+    original = simplejpeg.decode_jpeg
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *args, **kwargs: decodes.append(1) or original(*args, **kwargs))
+    assert np.array_equal(decode_jpeg(padded), expected)
+    assert len(decodes) == 1
 
 
 def test_junk_between_scans_is_refused():

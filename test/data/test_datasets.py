@@ -509,5 +509,6 @@ def test_a_jpeg_image_with_more_bytes_than_its_pixels_could_take_is_refused_unre
     path = _jpeg_image_path(tmp_path)
     with path.open("ab") as handle:
         handle.write(bytes(2 << 20))
-    with pytest.raises(ValueError, match=rf"^{path}: not readable as an image \(more than [\d,]+ bytes for {H * W} pixels\)$"):
+    pixels = f"{H * W:,}"
+    with pytest.raises(ValueError, match=rf"^{path}: not readable as an image \(more than [\d,]+ bytes for {pixels} pixels\)$"):
         PanopticDataset(tmp_path, "val")[0]

@@ -135,7 +135,9 @@ def test_a_newer_pickle_protocol_loads_without_a_warning(tmp_path, timm_state, b
 
 def test_a_legacy_torch_file_declaring_gigabytes_is_refused(tmp_path, backbone):
     path = legacy_file_declaring(tmp_path / "legacy.pth", "conv_stem.weight", 10**9)
-    with pytest.raises(CheckpointError, match=r"legacy\.pth: not a readable timm checkpoint \("):
+    with pytest.raises(CheckpointError, match=(
+        r"legacy\.pth: not a readable timm checkpoint \(.*(wrong byte size|can't allocate memory)"
+    )):
         load_backbone_weights(backbone, path)
 
 
