@@ -60,7 +60,16 @@ from .training.batches import (
     train_seeds,
     val_seeds,
 )
-from .training.recipe import LOSS_TERMS, Recipe, load_recipe, lr_factor, recipe_from_dict, recipe_lr_factor
+from .training.recipe import (
+    LOSS_TERMS,
+    MAX_VALIDATIONS,
+    Recipe,
+    load_recipe,
+    lr_factor,
+    recipe_from_dict,
+    recipe_lr_factor,
+    validations,
+)
 from .training.run_log import RunLog, plot_curves
 from .training.sampler import ShardedSampler
 from .training.state import (
@@ -82,6 +91,8 @@ __all__ = ["TrainResult", "best_path", "lr_factor", "main", "make_optimizer", "s
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The run folder's subfolder that keeps synthetic validation scenes once made.
+VAL_SCENES_DIR = "val_scenes"
 # --threads: more than any machine's cores only makes OpenMP start threads that wait on each other.
 MAX_THREADS = 1024
 
@@ -267,6 +278,12 @@ def _resumed_setup(
             f"train; give --steps above {info['iteration']} to go on, or write its weights with "
             f"`efficientps average --out OUT {resume}`"
         )
+    done, coming = len(info.get("history", [])), validations(recipe, after=info["iteration"])
+    if done + coming > MAX_VALIDATIONS:
+        raise ValueError(
+            f"{where} holds {done:,} validations, and val_every {recipe.val_every:,} up to step {recipe.steps:,} "
+            f"adds {coming:,}; allowed: at most {MAX_VALIDATIONS:,} in a run, whose scores every checkpoint keeps"
+        )
     return recipe, config
 
 
@@ -313,7 +330,7 @@ class _Run:
         self.context, self.config, self.recipe = context, config, recipe
         self.memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
         self.out, self.work_dir, self.save_dtype, self.progress = out, work_dir, save_dtype, progress
-        self.train_data, self.val_data = _datasets(data, config, recipe)
+        self.train_data, self.val_data = _datasets(data, config, recipe, work_dir / VAL_SCENES_DIR)
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
         self.skipped_steps = self.skipped_in_row = 0
@@ -531,15 +548,18 @@ def _nan_if_none(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def _datasets(data: str | Path | None, config: EfficientPSConfig, recipe: Recipe):
-    """The training dataset (None: synthetic) and the validation scenes; refuses what cannot train."""
+def _datasets(data: str | Path | None, config: EfficientPSConfig, recipe: Recipe, scene_cache: Path):
+    """The training dataset (None: synthetic) and the validation scenes; refuses what cannot train.
+
+    Synthetic validation scenes are kept in `scene_cache` once made.
+    """
     if data is None:
         if tuple(config.classes) != CITYSCAPES_CLASSES:
             raise ValueError(
                 f"the config has its own class table ({len(config.classes)} classes), but the synthetic scenes "
                 "carry Cityscapes train ids: training without --data needs the Cityscapes class table"
             )
-        return None, ValidationScenes(recipe.image_size, recipe.val_count)
+        return None, ValidationScenes(recipe.image_size, recipe.val_count, scene_cache)
     from .data.datasets import PanopticDataset
 
     splits = PanopticDataset(data, "train", config.classes), PanopticDataset(data, "val", config.classes)

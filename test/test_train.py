@@ -480,6 +480,17 @@ def test_resuming_a_finished_run_is_refused_naming_both_steps(uninterrupted, tmp
     assert "--steps above 4" in err and not (tmp_path / "w.safetensors").exists()
 
 
+def test_resuming_past_the_validations_a_run_may_keep_is_refused(uninterrupted, tmp_path, capsys, no_model):
+    source = uninterrupted.work_dir / "checkpoints" / "iter_0000002"
+    meta = json.loads(source.with_suffix(".json").read_text())
+    meta["history"] = [{"step": 1, "pq": 0.5}] * 99_999
+    (tmp_path / "iter_0000002.json").write_text(json.dumps(meta))
+    (tmp_path / "iter_0000002.safetensors").symlink_to(source.with_suffix(".safetensors"))
+    argv = ["--resume", str(tmp_path / "iter_0000002.json"), "--out", str(tmp_path / "w.safetensors")]
+    err = _refused([*argv, "--val-every", "1"], capsys)
+    assert "holds 99,999 validations, and val_every 1 up to step 4 adds 2; allowed: at most 100,000" in err
+
+
 def test_a_checkpoint_without_its_recipe_is_refused_by_name(uninterrupted, tmp_path, capsys, no_model):
     source = uninterrupted.work_dir / "checkpoints" / "iter_0000002"
     meta = json.loads(source.with_suffix(".json").read_text())

@@ -176,6 +176,11 @@ def recipe_lr_factor(recipe: Recipe, step: int) -> float:
     )
 
 
+def validations(recipe: Recipe, after: int = 0) -> int:
+    """How many times a run validates after step `after`: every `val_every` steps, and at its last."""
+    return recipe.steps // recipe.val_every - after // recipe.val_every + bool(recipe.steps % recipe.val_every)
+
+
 def _coerce(key: str, value: Any, where: str) -> Any:
     """`value` in the type of the default of `key`, or a ValueError naming it."""
     default = getattr(Recipe(), key)
@@ -231,11 +236,10 @@ def _check(recipe: Recipe) -> None:
     _check_scale_range(recipe)
     _check_milestones(recipe.milestones)
     _check_loss_weights(recipe.loss_weights)
-    if recipe.steps // recipe.val_every > MAX_VALIDATIONS:
+    if validations(recipe) > MAX_VALIDATIONS:
         raise ValueError(
-            f"val_every: {recipe.val_every:,} over {recipe.steps:,} steps validates "
-            f"{recipe.steps // recipe.val_every:,} times; allowed: at most {MAX_VALIDATIONS:,}, whose scores "
-            "every training checkpoint keeps"
+            f"val_every: {recipe.val_every:,} over {recipe.steps:,} steps validates {validations(recipe):,} times; "
+            f"allowed: at most {MAX_VALIDATIONS:,}, whose scores every training checkpoint keeps"
         )
 
 

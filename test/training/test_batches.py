@@ -57,3 +57,30 @@ def test_validation_scenes_are_the_val_seeds_scenes_made_when_read(monkeypatch):
     scene = ValidationScenes((64, 128), 2)[1]
     expected = street_scene(64, 128, seed=val_seeds(2)[1])
     assert np.array_equal(scene.image, expected.image) and np.array_equal(scene.instance, expected.instance)
+
+
+def test_validation_scenes_are_made_once_then_read_back_from_the_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "val_scenes"
+    fresh = [street_scene(64, 128, seed=s) for s in val_seeds(2)]
+    made = []
+    real = batches.street_scene
+    monkeypatch.setattr(batches, "street_scene", lambda h, w, seed: made.append(seed) or real(h, w, seed=seed))
+    for _ in range(2):
+        scenes = ValidationScenes((64, 128), 2, cache)
+        for scene, expected in zip(scenes, fresh):
+            for field in ("image", "semantic", "instance"):
+                assert np.array_equal(getattr(scene, field), getattr(expected, field))
+                assert getattr(scene, field).dtype == getattr(expected, field).dtype
+            assert scene.instance_classes == expected.instance_classes and scene.crowd == expected.crowd
+    assert made == val_seeds(2)
+    assert len(list(cache.glob("*.npz"))) == 2 and not list(cache.glob("*.partial"))
+
+
+def test_a_cached_scene_cut_short_is_made_again(tmp_path):
+    cache = tmp_path / "val_scenes"
+    scenes = ValidationScenes((64, 128), 1, cache)
+    expected = scenes[0]
+    (path,) = cache.glob("*.npz")
+    path.write_bytes(path.read_bytes()[:1000])
+    assert np.array_equal(ValidationScenes((64, 128), 1, cache)[0].image, expected.image)
+    assert path.stat().st_size > 1000

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from efficientps_ros.training.recipe import Recipe, load_recipe, lr_factor, recipe_lr_factor
+from efficientps_ros.training.recipe import Recipe, load_recipe, lr_factor, recipe_lr_factor, validations
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
@@ -94,6 +94,7 @@ def test_overrides_replace_single_fields_and_none_keeps_the_recipe():
         ({"steps": 10**400}, "steps: expected a number, got an integer of 401 digits"),
         ({"steps": 10**6, "val_every": 1}, "val_every: 1 over 1,000,000 steps validates 1,000,000 times; allowed: "
                                             "at most 100,000"),
+        ({"steps": 10**9, "val_every": 9999}, "val_every: 9,999 over 1,000,000,000 steps validates 100,011 times"),
     ],
 )
 def test_every_numeric_setting_is_finite_and_in_its_range(changes, message):
@@ -122,3 +123,11 @@ def test_a_malformed_recipe_file_is_refused_naming_the_file(tmp_path, content, m
     with pytest.raises(ValueError, match=message) as raised:
         load_recipe(path)
     assert str(raised.value).startswith(f"recipe {path}: ")
+
+
+def test_a_run_validates_every_val_every_steps_and_at_its_last():
+    assert validations(Recipe(steps=1000, val_every=200)) == 5
+    assert validations(Recipe(steps=1001, val_every=200)) == 6
+    assert validations(Recipe(steps=1001, val_every=200), after=400) == 4
+    assert validations(Recipe(steps=1000, val_every=200), after=1000) == 0
+    assert validations(Recipe(steps=10**9, val_every=10**4 + 1)) == 10**9 // (10**4 + 1) + 1

@@ -214,7 +214,7 @@ def test_a_run_validating_as_often_as_a_recipe_allows_still_resumes(tmp_path):
     from efficientps_ros.training.recipe import MAX_STEPS, MAX_VALIDATIONS
     from efficientps_ros.training.validation import KEYS
 
-    widest = -1.2345678901234567e-05  # the longest repr a score in 0..1 has
+    widest = -1.2345678901234567e-05  # as long as a float repr gets
     row = {"step": MAX_STEPS, **dict.fromkeys(KEYS, widest)}
     stem = _saved(tmp_path, {"history": [row] * MAX_VALIDATIONS, "best": row})
     assert stem.with_suffix(".json").stat().st_size > 200 * MAX_VALIDATIONS
