@@ -19,7 +19,7 @@ _HARMLESS_WARNING = re.compile(r"^Corrupt JPEG data: \d+ extraneous bytes before
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """HxWx3 uint8 RGB of a JPEG.
+    """HxWx3 uint8 RGB of a JPEG: greyscale, YCbCr (or RGB), CMYK or YCCK.
 
     ValueError with libjpeg's message for data it cannot decode, and for data
     it would decode only with a warning (truncated, damaged, junk between

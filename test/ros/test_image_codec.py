@@ -700,6 +700,157 @@ def test_complete_jpegs_with_restart_markers_are_accepted():
                     assert rgb.shape == (height, width, 3)
 
 
+# --- a jpeg cut between two scans and closed again ---------------------------
+
+def _scan_starts(data: bytes) -> list[int]:
+    starts, pos = [], data.find(b"\xff\xda")
+    while pos >= 0:
+        starts.append(pos)
+        pos = data.find(b"\xff\xda", pos + 2)
+    return starts
+
+
+def _cut_after_scans(data: bytes, scans: int) -> bytes:
+    """`data` cut where its scan after `scans` of them starts, and closed with an end-of-image marker."""
+    return data[:_scan_starts(data)[scans]] + b"\xff\xd9"
+
+
+# libjpeg's progressive script: the scans that finish components' coefficients
+# are the last four for colour (DC of all, then 1..63 of Cr, Cb and Y) and the
+# last two for greyscale (DC, then 1..63).
+@pytest.mark.parametrize("encoding, scans, missing", [
+    ("rgb8", 1, "coefficients 0..63"), ("rgb8", 2, "coefficients 0..63"), ("rgb8", 5, "coefficients 0..63"),
+    ("rgb8", 7, "coefficients 1..63"), ("rgb8", 9, "coefficients 1..63"),
+    ("mono8", 1, "coefficients 0..63"), ("mono8", 4, "coefficients 0..63"), ("mono8", 5, "coefficients 1..63"),
+])
+def test_a_progressive_jpeg_cut_between_scans_and_closed_again_is_refused_before_decoding(
+        decoded, encoding, scans, missing):
+    # libjpeg decodes it without a warning, the image blurred or a component grey.
+    good = _jpeg_bytes(random_array(encoding, 160, 160, seed=18), progressive=True)
+    assert len(_scan_starts(good)) == (10 if encoding == "rgb8" else 6)
+    assert compressed_to_rgb8(CompressedImage(format="jpeg", data=good)).shape == (160, 160, 3)
+    cut = _cut_after_scans(good, scans)
+    assert simplejpeg.decode_jpeg(cut, strict=True).shape[:2] == (160, 160)
+    decoded.clear()
+    with pytest.raises(ValueError, match=(
+        rf"^corrupt jpeg image \(format 'jpeg'\): truncated: component 1 has {missing} never completed "
+        rf"in {scans} scans?$"
+    )):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=cut))
+    assert decoded == []
+
+
+def test_a_progressive_jpeg_without_its_dc_refinement_is_refused_before_decoding(decoded):
+    good = _jpeg_bytes(random_array("rgb8", 64, 64, seed=19), progressive=True)
+    starts = _scan_starts(good)
+    msg = CompressedImage(format="jpeg", data=good[:starts[6]] + good[starts[7]:])
+    with pytest.raises(ValueError, match=r"truncated: component 1 has coefficient 0 never completed in 9 scans$"):
+        compressed_to_rgb8(msg)
+    assert decoded == []
+
+
+_DC_CODE_LENGTHS = (0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0)  # ITU T.81 table K.3: categories 0..11
+_EOB_ONLY_CODE_LENGTHS = (1,) + (0,) * 15  # one AC symbol, end-of-block, coded as a single 0
+
+
+def _huffman_codes(lengths: tuple[int, ...]) -> list[str]:
+    """The canonical codes of a table's symbols, in order, as strings of bits."""
+    codes, code = [], 0
+    for length, count in enumerate(lengths, 1):
+        for _ in range(count):
+            codes.append(format(code, f"0{length}b"))
+            code += 1
+        code <<= 1
+    return codes
+
+
+def _dc_bits(difference: int) -> str:
+    category = abs(difference).bit_length()
+    code = _huffman_codes(_DC_CODE_LENGTHS)[category]
+    if category == 0:
+        return code
+    value = difference if difference > 0 else difference + (1 << category) - 1
+    return code + format(value, f"0{category}b")
+
+
+def _scan_data(levels: np.ndarray, components: tuple[int, ...]) -> bytes:
+    """The coded blocks of one scan, each only its DC coefficient and an end-of-block."""
+    bits, predictions = [], dict.fromkeys(components, 0)
+    for block in levels.reshape(-1, levels.shape[2]):
+        for component in components:
+            dc = 8 * (int(block[component - 1]) - 128)
+            bits.append(_dc_bits(dc - predictions[component]) + "0")
+            predictions[component] = dc
+    stream = "".join(bits)
+    stream += "1" * (-len(stream) % 8)
+    coded = int(stream, 2).to_bytes(len(stream) // 8, "big")
+    return coded.replace(b"\xff", b"\xff\x00")
+
+
+def _flat_block_jpeg(levels: np.ndarray, scans: list[tuple[int, ...]]) -> bytes:
+    """A 4:4:4 sequential jpeg of flat 8x8 blocks, block (y, x) of (Y, Cb, Cr) `levels[y, x]`.
+
+    Each scan holds the components listed (numbered from 1), so that scans of
+    one component each, which Pillow never writes, can be made. With a
+    quantisation table of ones, a flat block of level s codes its DC
+    coefficient, 8 (s - 128), exactly.
+    """
+    def segment(marker: int, body: bytes) -> bytes:
+        return bytes((0xFF, marker)) + struct.pack(">H", len(body) + 2) + body
+
+    rows, columns = levels.shape[:2]
+    frame = struct.pack(">BHHB", 8, 8 * rows, 8 * columns, 3) + b"".join(bytes((c, 0x11, 0)) for c in (1, 2, 3))
+    tables = (bytes((0x00, *_DC_CODE_LENGTHS, *range(12)))
+              + bytes((0x10, *_EOB_ONLY_CODE_LENGTHS, 0x00)))
+    data = b"\xff\xd8" + segment(0xDB, bytes(1) + bytes((1,)) * 64) + segment(0xC0, frame) + segment(0xC4, tables)
+    for components in scans:
+        header = bytes((len(components),)) + b"".join(bytes((c, 0x00)) for c in components) + bytes((0, 63, 0))
+        data += segment(0xDA, header) + _scan_data(levels, components)
+    return data + b"\xff\xd9"
+
+
+def _block_levels() -> np.ndarray:
+    return np.random.default_rng(20).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+
+
+def test_a_sequential_jpeg_of_one_scan_per_component_is_accepted():
+    interleaved = _flat_block_jpeg(_block_levels(), [(1, 2, 3)])
+    expected = compressed_to_rgb8(CompressedImage(format="jpeg", data=interleaved))
+    with PILImage.open(io.BytesIO(interleaved)) as image:
+        np.testing.assert_array_equal(expected, np.array(image.convert("RGB")))
+    for scans in ([(1,), (2,), (3,)], [(3,), (1,), (2,)], [(1,), (2, 3)]):
+        data = _flat_block_jpeg(_block_levels(), scans)
+        np.testing.assert_array_equal(compressed_to_rgb8(CompressedImage(format="jpeg", data=data)), expected)
+
+
+@pytest.mark.parametrize("scans, missing", [(1, 2), (2, 3)])
+def test_a_sequential_jpeg_cut_after_a_component_and_closed_again_is_refused_before_decoding(
+        decoded, scans, missing):
+    cut = _cut_after_scans(_flat_block_jpeg(_block_levels(), [(1,), (2,), (3,)]), scans)
+    # libjpeg decodes it without a warning, the missing components grey.
+    assert simplejpeg.decode_jpeg(cut, strict=True).shape[:2] == (48, 80)
+    decoded.clear()
+    with pytest.raises(ValueError, match=(
+        rf"^corrupt jpeg image \(format 'jpeg'\): truncated: component {missing} has coefficients 0..63 "
+        rf"never completed in {scans} scans?$"
+    )):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=cut))
+    assert decoded == []
+
+
+@pytest.mark.parametrize("comment", [
+    b"\xff\xda",
+    b"\xff\xda\x00\x08\x01\x09\x00\x00\x3f\x00",  # a scan of component 9, which the frame lacks
+    b"\xff\xda\x00\x09\x01\x01\x00\x00\x3f\x00",  # a length that does not fit its components
+], ids=["marker", "foreign component", "bad length"])
+def test_a_segment_between_scans_that_holds_a_start_of_scan_marker_is_no_scan(comment):
+    good = _jpeg_bytes(random_array("rgb8", 64, 64, seed=21), progressive=True)
+    expected = compressed_to_rgb8(CompressedImage(format="jpeg", data=good))
+    last = _scan_starts(good)[-1]
+    data = good[:last] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + good[last:]
+    np.testing.assert_array_equal(compressed_to_rgb8(CompressedImage(format="jpeg", data=data)), expected)
+
+
 # --- Pillow's own limit and messages ---------------------------------------
 
 @pytest.mark.parametrize("side", [40, 64], ids=["above the warning", "above the error"])
@@ -734,12 +885,6 @@ def _jpeg_with_components(data: bytes, components: int) -> bytes:
     return data[:start + 9] + bytes([components]) + data[start + 10:]
 
 
-def _cmyk_jpeg() -> bytes:
-    buffer = io.BytesIO()
-    PILImage.new("CMYK", (16, 16), (10, 20, 30, 40)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
 def _jpeg_with_precision(data: bytes, bits: int) -> bytes:
     """The jpeg `data` as an extended-process frame (the one that allows 12 bits) of `bits` per sample."""
     start = data.index(b"\xff\xc0")
@@ -753,11 +898,36 @@ def _jpeg_with_precision(data: bytes, bits: int) -> bytes:
      "bit depth 4 is not defined for colour type 2; allowed: 8, 16"),
     ("jpeg", _jpeg_with_precision(_noisy_jpeg(16, 16), 12), "12-bit samples are not supported; allowed: 8-bit"),
     ("jpeg", _jpeg_with_components(_noisy_jpeg(16, 16), 2),
-     "2 colour components (CMYK or YCCK if 4) are not supported; allowed: 1 (greyscale) or 3 (colour)"),
-    ("jpeg", _cmyk_jpeg(),
-     "4 colour components (CMYK or YCCK if 4) are not supported; allowed: 1 (greyscale) or 3 (colour)"),
-], ids=["png colour type", "png bit depth", "12-bit jpeg", "2-component jpeg", "4-component jpeg"])
+     "2 components are not supported; allowed: 1 (greyscale), 3 (YCbCr or RGB) or 4 (CMYK or YCCK)"),
+], ids=["png colour type", "png bit depth", "12-bit jpeg", "2-component jpeg"])
 def test_an_unsupported_format_is_named_not_the_stream_object(fmt, data, problem):
     with pytest.raises(ValueError) as refusal:
         compressed_to_rgb8(CompressedImage(format=fmt, data=data))
     assert str(refusal.value) == f"corrupt {fmt} image (format '{fmt}'): {problem}"
+
+
+def _cmyk_jpeg(pixels: np.ndarray, ycck: bool = False, **options) -> bytes:
+    """A CMYK jpeg, or with `ycck` the same bytes read as YCCK (the Adobe segment's colour transform 2)."""
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels, "CMYK").save(buffer, "JPEG", **options)
+    data = buffer.getvalue()
+    adobe = data.index(b"\xff\xee")
+    transform = adobe + 1 + int.from_bytes(data[adobe + 2:adobe + 4], "big")
+    assert data[adobe + 4:adobe + 9] == b"Adobe" and data[transform] == 0
+    return data[:transform] + bytes((2 if ycck else 0,)) + data[transform + 1:]
+
+
+@pytest.mark.parametrize("ycck", [False, True], ids=["CMYK", "YCCK"])
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"quality": 100}])
+def test_a_four_component_jpeg_decodes_as_pillow_converts_it(ycck, options):
+    flat = np.full((16, 16, 4), (10, 20, 30, 40), np.uint8)
+    noise = np.random.default_rng(22).integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    for pixels in (flat, noise):
+        data = _cmyk_jpeg(pixels, ycck, **options)
+        rgb = compressed_to_rgb8(CompressedImage(format="jpeg", data=data))
+        with PILImage.open(io.BytesIO(data)) as image:
+            assert image.mode == "CMYK"
+            expected = np.array(image.convert("RGB"))
+        assert rgb.shape == expected.shape
+        # The two round CMYK to RGB differently, by up to 2 levels.
+        assert np.abs(rgb.astype(int) - expected).max() <= 2
