@@ -264,8 +264,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """An image file as HxWx3 uint8 RGB, its size checked against MAX_IMAGE_PIXELS before it is decoded.
 
     A missing, unreadable or oversized file is one ValueError naming it, and
-    so is a JPEG that libjpeg finds damaged (`jpeg.py`),
-    which Pillow would decode with its missing part grey.
+    so is a JPEG that libjpeg finds damaged (`jpeg.py`), which Pillow would
+    decode with its missing part grey.
     """
     path = Path(path)
     with _open_image(path) as image:

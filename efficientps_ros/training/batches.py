@@ -40,11 +40,12 @@ _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 class ValidationScenes(Sequence):
     """The held-out synthetic scenes, each made when first read and kept in `cache` after.
 
-    A scene at 1024x2048 takes seconds to make and 12.6 MB to hold, and the
-    authors' recipe validates on 500 of them every few hundred steps: made
-    again each time, they would cost more than the predictions; held, several
-    GB. As uncompressed files in the run's folder they read back in
-    milliseconds, one at a time. Without a cache, each read makes its scene.
+    A scene at 1024x2048 takes seconds to make on one core and 12.6 MB to
+    hold, and the authors' recipe validates on 500 of them every few hundred
+    steps: made again each time, they would cost a GPU run more than the
+    predictions; held, several GB. As uncompressed files in the run's folder
+    they read back in milliseconds, one at a time. Without a cache, each read
+    makes its scene.
     """
 
     def __init__(self, image_size: tuple[int, int], count: int, cache: Path | None = None):
