@@ -69,7 +69,11 @@ def listen(seconds: float) -> None:
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray
 
-    # SIGINT then interrupts the loop below, instead of shutting rclpy down under it.
+    # SIGINT ends the loop below at its next turn. rclpy's handler would shut
+    # rclpy down under it, and Python's would raise KeyboardInterrupt wherever
+    # the loop is, in a finaliser too, where it is printed and then ignored.
+    stopped = []
+    signal.signal(signal.SIGINT, lambda *_: stopped.append(True))
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("benchmark_listener")
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -78,10 +82,10 @@ def listen(seconds: float) -> None:
         node.create_subscription(kind, f"{PREFIX}/{name}", lambda _msg: None, qos, raw=True)
     end = time.monotonic() + seconds
     try:
-        while time.monotonic() < end:
+        while not stopped and time.monotonic() < end:
             rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # stopped by the benchmark
+    except ExternalShutdownException:
+        pass
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

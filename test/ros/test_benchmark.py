@@ -1,6 +1,7 @@
 """The node benchmark: its report, and one small run publishing to its listener."""
 import argparse
 import re
+import time
 
 from efficientps_ros.ros.benchmark import report
 
@@ -34,4 +35,25 @@ def test_a_small_run_publishes_to_its_listener_and_times_the_pipeline_both_ways(
     assert all(float(ms) >= 20.0 for ms in periods.values()), text
     assert "images published through rcl from their own buffer" in text
     # The listener, stopped at the end, leaves no traceback in the output it shares.
+    assert not error_lines(result.stderr), result.stderr
+
+
+def test_the_listener_stops_at_sigint_without_a_traceback(ros_processes):
+    listener = ros_processes.start(module="efficientps_ros.ros.benchmark", args=["--listen", "120"])
+    # Its subscriptions come after its SIGINT handler: once they are seen, the signal is its to handle.
+    ros_processes.run(
+        "import time, rclpy\n"
+        "rclpy.init()\n"
+        "node = rclpy.create_node('benchmark_probe')\n"
+        "end = time.monotonic() + 60\n"
+        "while not node.get_subscriptions_info_by_topic('/benchmark/efficientps/detections'):\n"
+        "    assert time.monotonic() < end, 'the listener never subscribed'\n"
+        "    time.sleep(0.1)\n",
+        timeout=90,
+    )
+    listener.interrupt()
+    begin = time.monotonic()
+    result = listener.wait(timeout=10)
+    assert time.monotonic() - begin < 5, "the listener went on after SIGINT"
+    assert result.returncode == 0, result.stderr
     assert not error_lines(result.stderr), result.stderr
