@@ -80,21 +80,22 @@ def _palette_words(palette: np.ndarray) -> np.ndarray:
 def _gather_into(words: np.ndarray, index: np.ndarray, buffer: np.ndarray, offset: int) -> None:
     """Write words[index] as 3-byte RGB into `buffer` from byte `offset` on, and nowhere else.
 
-    Gathering 4-byte items is several times cheaper than 3-byte ones, so each
-    colour but the last goes through a uint32 view whose items are 3 bytes
-    apart: the padding byte of one pixel is overwritten by the next pixel. The
-    last pixel is written as 3 bytes, so that bands of one image can be filled
-    at the same time.
+    The words are gathered into a contiguous array, which numpy does several
+    times faster than into any other layout, and then copied through a uint32
+    view of `buffer` whose items are 3 bytes apart: each copy's padding byte is
+    overwritten by the next pixel's. That is cheaper than one gather of 3-byte
+    items, or one straight into the strided view. The last pixel is written as
+    3 bytes, so that bands of one image can be filled at the same time.
     """
     flat = index.ravel()
     if flat.size == 0:
         return
+    # "clip" skips numpy's bounds check and error path; indices built by `_index` are in range anyway.
+    colours = np.take(words, flat, mode="clip")
     target = np.ndarray((flat.size - 1,), dtype=np.uint32, buffer=buffer, offset=offset, strides=(3,))
-    # With the default mode, "raise", numpy gathers into a scratch array and
-    # copies that into `out`; indices built by `_index` are in range anyway.
-    np.take(words, flat[:-1], out=target, mode="clip")
-    end, last = offset + 3 * flat.size, int(flat[-1])
-    buffer[end - 3 : end] = words[last : last + 1].view(np.uint8)[:3]
+    np.copyto(target, colours[:-1])
+    end = offset + 3 * flat.size
+    buffer[end - 3 : end] = colours[-1:].view(np.uint8)[:3]
 
 
 def gather_rgb(palette: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -160,13 +161,16 @@ class PanopticPainter:
     `overlay` gives exactly `overlay(image, colorize_panoptic(result, palette), alpha)`, but scales
     the small palette instead of the full-size colour image, and works through
     the image in bands of rows, so that each band's scratch arrays stay in the
-    CPU cache and `threads` bands are painted at once (numpy releases the GIL).
+    CPU cache. With `threads` > 1 the bands are shared out in `threads` runs of
+    consecutive bands: the calling thread paints one run and a pool thread each
+    of the others (numpy releases the GIL), so a frame wakes `threads` - 1 threads.
     """
 
     def __init__(self, classes: Sequence[ClassInfo], threads: int | None = None):
         self.palette = class_palette(classes)
-        threads = min(_MAX_THREADS, os.cpu_count() or 1) if threads is None else threads
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="efficientps-paint") if threads > 1 else None
+        self.threads = min(_MAX_THREADS, os.cpu_count() or 1) if threads is None else threads
+        helpers = self.threads - 1
+        self._pool = ThreadPoolExecutor(helpers, thread_name_prefix="efficientps-paint") if helpers > 0 else None
 
     def overlay(self, image: np.ndarray, result: PanopticResult, alpha: float) -> np.ndarray:
         height, width = result.semantic.shape
@@ -176,18 +180,26 @@ class PanopticPainter:
         words = _palette_words(scale(panoptic_palette(result, self.palette), weight))
         buffer = np.empty(3 * height * width, np.uint8)
 
-        def paint(top: int) -> None:
-            rows = slice(top, min(top + _BAND_ROWS, height))
-            index = _index(result.semantic[rows], result.instance[rows], len(result.instances))
-            _gather_into(words, index, buffer, 3 * top * width)
-            band = buffer[3 * top * width : 3 * rows.stop * width].reshape(rows.stop - top, width, 3)
-            add_scaled(band, image[rows], WEIGHT_UNIT - weight)
+        def paint(tops: Sequence[int]) -> None:
+            for top in tops:
+                rows = slice(top, min(top + _BAND_ROWS, height))
+                index = _index(result.semantic[rows], result.instance[rows], len(result.instances))
+                _gather_into(words, index, buffer, 3 * top * width)
+                band = buffer[3 * top * width : 3 * rows.stop * width].reshape(rows.stop - top, width, 3)
+                add_scaled(band, image[rows], WEIGHT_UNIT - weight)
 
-        bands = range(0, height, _BAND_ROWS)
-        if self._pool is None or len(bands) == 1:
-            for top in bands:
-                paint(top)
-        else:
-            for done in [self._pool.submit(paint, top) for top in bands]:
+        runs = _runs(range(0, height, _BAND_ROWS), self.threads if self._pool is not None else 1)
+        helped = [self._pool.submit(paint, run) for run in runs[1:]] if self._pool is not None else []
+        try:
+            paint(runs[0])
+        finally:
+            for done in helped:
                 done.result()
         return buffer.reshape(height, width, 3)
+
+
+def _runs(items: Sequence[int], count: int) -> list[Sequence[int]]:
+    """`items` cut into at most `count` runs of consecutive items, as even as they go; at least one run."""
+    count = max(1, min(count, len(items)))
+    bounds = [len(items) * k // count for k in range(count + 1)]
+    return [items[bounds[k] : bounds[k + 1]] for k in range(count)]

@@ -1,9 +1,12 @@
-"""sensor_msgs/Image as serialised CDR bytes, built from the pixels in one copy.
+"""sensor_msgs/Image and vision_msgs/Detection2DArray as serialised CDR bytes.
 
 rclpy's `Publisher.publish` sends `bytes` as an already serialised message,
 and a rosbag2 stores the same bytes. Building them here skips what the usual
 path does with a large image: `tobytes()`, the conversion of `msg.data` to
-an array.array, its copy into the C message and the serialisation.
+an array.array, its copy into the C message and the serialisation. An Image
+is built from the pixels in one copy. A detection array is packed straight
+from the boxes, without the five Python message objects per detection that
+rclpy would build and then serialise.
 
 The layout is what rmw_fastrtps writes (plain CDR, little endian): a 4-byte
 encapsulation header, then each field aligned to its own size counted from
@@ -12,6 +15,7 @@ the end of that header. Alignment padding is written as zeros.
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple, Sequence
 
 from std_msgs.msg import Header
 
@@ -20,6 +24,12 @@ ENCAPSULATION = b"\x00\x01\x00\x00"
 _U32 = struct.Struct("<I")
 _STAMP = struct.Struct("<iI")
 _SIZE = struct.Struct("<II")
+_F64 = struct.Struct("<d")
+# Detection2D.bbox: center.position.x, center.position.y, center.theta, size_x, size_y.
+_BOX = struct.Struct("<5d")
+# ObjectHypothesisWithPose.pose, always the default: position 0, orientation the
+# identity quaternion (w = 1), covariance 36 zeros. All float64, so no padding inside.
+_DEFAULT_POSE = struct.pack("<7d", 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0) + bytes(36 * 8)
 
 
 class _Writer:
@@ -41,6 +51,14 @@ class _Writer:
         self.align(4)
         self.raw(packer.pack(*values))
 
+    def f64s(self, packer: struct.Struct, *values: float) -> None:
+        self.align(8)
+        self.raw(packer.pack(*values))
+
+    def header(self, header: Header) -> None:
+        self.u32s(_STAMP, header.stamp.sec, header.stamp.nanosec)
+        self.string(header.frame_id)
+
     def string(self, text: str) -> None:
         # A CDR string counts its terminating NUL.
         data = text.encode()
@@ -56,8 +74,7 @@ def image_prefix(
 ) -> bytes:
     """Everything of a serialised Image before its pixel bytes, their length included."""
     writer = _Writer()
-    writer.u32s(_STAMP, header.stamp.sec, header.stamp.nanosec)
-    writer.string(header.frame_id)
+    writer.header(header)
     writer.u32s(_SIZE, height, width)
     writer.string(encoding)
     writer.raw(bytes((is_bigendian,)))
@@ -71,3 +88,31 @@ def serialized_image(
     """The CDR bytes of the Image with these fields; `data` (a flat byte buffer) is copied once."""
     prefix = image_prefix(header, height, width, encoding, is_bigendian, step, data.nbytes)
     return b"".join((prefix, data))
+
+
+class Detection(NamedTuple):
+    """One Detection2D as the node fills it: one hypothesis, a box in pixels, an id."""
+
+    class_id: str
+    score: float
+    center_x: float
+    center_y: float
+    size_x: float
+    size_y: float
+    id: str
+
+
+def serialized_detections(header: Header, detections: Sequence[Detection]) -> bytes:
+    """The CDR bytes of a Detection2DArray whose detections all carry `header`, with theta 0."""
+    writer = _Writer()
+    writer.header(header)
+    writer.u32s(_U32, len(detections))
+    for detection in detections:
+        writer.header(header)
+        writer.u32s(_U32, 1)  # results
+        writer.string(detection.class_id)
+        writer.f64s(_F64, detection.score)
+        writer.raw(_DEFAULT_POSE)
+        writer.f64s(_BOX, detection.center_x, detection.center_y, 0.0, detection.size_x, detection.size_y)
+        writer.string(detection.id)
+    return ENCAPSULATION + writer.joined()

@@ -5,9 +5,11 @@ The images come serialised, as they are published; they are read back as a subsc
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseWithCovariance
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+from vision_msgs.msg import Detection2DArray
 
 from efficientps_ros.model.config import load_config
 from efficientps_ros.result import Instance, PanopticResult
@@ -101,8 +103,12 @@ def test_an_overlay_the_predictor_painted_at_the_same_alpha_is_sent_as_it_is():
     assert np.array_equal(sent(0.6), painter.overlay(rgb, result, 0.6))
 
 
+def detections(result: PanopticResult) -> Detection2DArray:
+    return deserialize_message(messages.detection_array(result, HEADER), Detection2DArray)
+
+
 def test_one_detection_per_instance_with_id_class_and_score():
-    array = messages.detection_array(street(), HEADER)
+    array = detections(street())
     assert_same_header(array.header)
     assert [d.id for d in array.detections] == ["1", "2"]
     for detection, name, score in zip(array.detections, ("car", "person"), (0.91, 0.75)):
@@ -110,6 +116,8 @@ def test_one_detection_per_instance_with_id_class_and_score():
         assert len(detection.results) == 1
         assert detection.results[0].hypothesis.class_id == name
         assert detection.results[0].hypothesis.score == pytest.approx(score)
+        assert detection.results[0].pose == PoseWithCovariance()
+        assert detection.bbox.center.theta == 0.0
 
 
 def box_of(detection) -> tuple[float, float, float, float]:
@@ -119,9 +127,9 @@ def box_of(detection) -> tuple[float, float, float, float]:
 
 
 def test_boxes_are_the_instances_boxes_as_center_and_size():
-    for detection, inst in zip(messages.detection_array(street(), HEADER).detections, street().instances):
+    for detection, inst in zip(detections(street()).detections, street().instances):
         assert box_of(detection) == pytest.approx(inst.box)
-    car = messages.detection_array(street(), HEADER).detections[0]
+    car = detections(street()).detections[0]
     assert (car.bbox.center.position.x, car.bbox.center.position.y) == (13.0, 15.0)
     assert (car.bbox.size_x, car.bbox.size_y) == (16.0, 10.0)
 
@@ -129,7 +137,7 @@ def test_boxes_are_the_instances_boxes_as_center_and_size():
 def test_no_instances_gives_an_empty_detection_array():
     result = street()
     result = PanopticResult(result.semantic, np.zeros_like(result.instance), result.panoptic, [])
-    array = messages.detection_array(result, HEADER)
+    array = detections(result)
     assert array.detections == [] and array.header.frame_id == "front_camera"
 
 

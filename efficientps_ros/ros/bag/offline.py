@@ -126,7 +126,7 @@ class BagOutputs:
 
     def send(self, built: dict[str, Any]) -> None:
         for name, message in built.items():
-            # The images come serialised already (see messages), as the node publishes them.
+            # The images and detections come serialised already (see messages), as the node publishes them.
             data = message if isinstance(message, bytes) else serialize_message(message)
             self._sink.write(self.topics[name], self.timestamp, data)
 
