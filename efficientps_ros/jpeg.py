@@ -18,15 +18,21 @@ import simplejpeg
 _HARMLESS_WARNING = re.compile(r"^Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9$")
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
+def decode_jpeg(data: bytes, size: tuple[int, int]) -> np.ndarray:
     """HxWx3 uint8 RGB of a JPEG: greyscale, YCbCr (or RGB), CMYK or YCCK.
 
     ValueError with libjpeg's message for data it cannot decode, and for data
     it would decode only with a warning (truncated, damaged, junk between
-    scans), but junk before the end-of-image marker. The size the header
-    declares is allocated as it is: callers check it first.
+    scans), but junk before the end-of-image marker. `size` is the (height,
+    width) the caller read from the header and checked: where libjpeg reads
+    the header otherwise, as a crafted file can make it, the data is refused
+    before anything is allocated.
     """
     height, width = simplejpeg.decode_jpeg_header(data)[:2]
+    if (height, width) != tuple(size):
+        raise ValueError(
+            f"libjpeg reads the frame as {width}x{height} where its header was read as {size[1]}x{size[0]}"
+        )
     pixels = np.empty((height, width, 3), np.uint8)
     try:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, buffer=pixels)

@@ -27,7 +27,7 @@ def test_the_pixels_are_pillows(channels, options):
     data = _jpeg(_noise(37, 53, channels), **options)
     with Image.open(io.BytesIO(data)) as image:
         expected = np.array(image.convert("RGB"))
-    decoded = decode_jpeg(data)
+    decoded = decode_jpeg(data, (37, 53))
     assert decoded.shape == (37, 53, 3) and decoded.dtype == np.uint8
     assert np.array_equal(decoded, expected)
 
@@ -38,7 +38,7 @@ def test_a_stream_cut_short_and_closed_again_is_refused(options):
     cut = good[: len(good) * 3 // 4] + b"\xff\xd9"
     Image.open(io.BytesIO(cut)).load()  # Pillow decodes it, the rest grey
     with pytest.raises(ValueError, match=r"^Corrupt JPEG data: premature end of data segment$"):
-        decode_jpeg(cut)
+        decode_jpeg(cut, (160, 160))
 
 
 @pytest.mark.parametrize("options", [{}, {"progressive": True}], ids=["baseline", "progressive"])
@@ -53,7 +53,7 @@ def test_junk_before_the_end_of_image_marker_leaves_the_image_whole_in_one_decod
     decodes = []
     original = simplejpeg.decode_jpeg
     monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *args, **kwargs: decodes.append(1) or original(*args, **kwargs))
-    assert np.array_equal(decode_jpeg(padded), expected)
+    assert np.array_equal(decode_jpeg(padded, (48, 64)), expected)
     assert len(decodes) == 1
 
 
@@ -62,9 +62,18 @@ def test_junk_between_scans_is_refused():
     second_scan = good.index(b"\xff\xda", good.index(b"\xff\xda") + 2)
     damaged = good[:second_scan] + b"\x00\x12" + good[second_scan:]
     with pytest.raises(ValueError, match=r"^Corrupt JPEG data: 2 extraneous bytes before marker 0xda$"):
-        decode_jpeg(damaged)
+        decode_jpeg(damaged, (48, 64))
 
 
 def test_no_jpeg_at_all_is_refused():
     with pytest.raises(ValueError):
-        decode_jpeg(b"\x89PNG\r\n\x1a\n")
+        decode_jpeg(b"\x89PNG\r\n\x1a\n", (1, 1))
+
+
+@pytest.mark.parametrize("size", [(48, 65), (49, 64), (1, 1)])
+def test_a_frame_libjpeg_reads_at_another_size_than_checked_is_refused_before_decoding(monkeypatch, size):
+    data = _jpeg(_noise(48, 64, seed=4))
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *args, **kwargs: pytest.fail("decoded"))
+    with pytest.raises(ValueError, match=rf"^libjpeg reads the frame as 64x48 where its header was read as "
+                                         rf"{size[1]}x{size[0]}$"):
+        decode_jpeg(data, size)

@@ -270,18 +270,20 @@ def read_rgb(path: str | Path) -> np.ndarray:
     path = Path(path)
     with _open_image(path) as image:
         if image.format == "JPEG" and image.mode in ("L", "RGB", "CMYK"):
-            return _decoded_jpeg(path, image.width * image.height)
+            return _decoded_jpeg(path, (image.height, image.width))
         return _decoded(image, path)
 
 
-def _decoded_jpeg(path: Path, pixels: int) -> np.ndarray:
+def _decoded_jpeg(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The JPEG at `path`, which Pillow read as `size` (height, width) and checked; read again for libjpeg."""
+    pixels = size[0] * size[1]
     limit = _JPEG_BYTES_PER_PIXEL * pixels + _JPEG_METADATA_BYTES
     try:
         with path.open("rb") as handle:
             data = handle.read(limit + 1)
         if len(data) > limit:
             raise ValueError(f"more than {limit:,} bytes for {pixels:,} pixels")
-        return decode_jpeg(data)
+        return decode_jpeg(data, size)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not readable as an image ({exc})") from None
 

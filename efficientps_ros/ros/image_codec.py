@@ -74,6 +74,8 @@ _COMPRESSED_FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG"}
 _JPEG_COMPONENTS = {1: "greyscale", 3: "YCbCr or RGB", 4: "CMYK or YCCK"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# The IHDR chunk's length, always 13, and type, which must come first.
+_PNG_HEADER_START = b"\x00\x00\x00\x0dIHDR"
 # Bit depths each PNG colour type may have (PNG specification, table 11.1).
 _PNG_BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 # Encoders write the pixels in IDAT chunks of 8 KiB (libpng, hence OpenCV) to
@@ -106,6 +108,8 @@ _JPEG_MAX_HEADER_SEGMENTS = 1024
 # camera's, and each costs the header's reading here a step.
 _JPEG_MAX_FILL_BYTES = 8192
 _JPEG_FILL = re.compile(rb"\xff+")
+# Markers that begin no segment: a stuffed 0x00, TEM, RST0..RST7 and a second start of image.
+_JPEG_NOT_SEGMENTS = frozenset((0x00, 0x01, *range(0xD0, 0xD9)))
 # libjpeg's default progressive script has 10 scans (6 for greyscale), and
 # tuned scripts a few dozen at most. Each scan is another pass over every
 # coefficient block, whatever few bytes it holds: one scan repeated a thousand
@@ -346,8 +350,10 @@ def compressed_to_rgb8(
     does (the padded network input included, given the `size_divisor` and the
     `inference_size`); without it, against Pillow's own limit. Refused too:
     what would make the decode slow out of proportion to the data (JPEG fill
-    bytes, header segments and scans, PNG chunks, each capped), and data that
-    cannot be complete: a JPEG without its end-of-image marker, shorter than
+    bytes, header segments and scans, PNG chunks, each capped), headers a
+    decoder could read at another size than the one checked (a second PNG
+    IHDR, a JPEG marker that begins no segment where a segment is due; and
+    libjpeg must read the size checked), and data that cannot be complete: a JPEG without its end-of-image marker, shorter than
     its size needs, short of a restart marker, or whose scans leave some
     coefficients of a component uncoded or coarse, as when it was cut between
     two scans (`_checked_jpeg`). The decoders refuse the rest of what is cut short or
@@ -369,7 +375,7 @@ def compressed_to_rgb8(
         _check_pillow_limit(width, height)
     try:
         if codec == "JPEG":
-            return decode_jpeg(data)
+            return decode_jpeg(data, (height, width))
         with PngImagePlugin.PngImageFile(io.BytesIO(data)) as image:
             image.load()
             return _pil_to_rgb8(image)
@@ -389,8 +395,8 @@ def _check_pillow_limit(width: int, height: int) -> None:
 
 def _checked_png(data: bytes) -> tuple[int, int]:
     """(width, height) from the IHDR chunk, once the chunks are seen to end with IEND."""
-    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 33:
-        raise ValueError("no PNG signature and header chunk")
+    if data[:8] != _PNG_SIGNATURE or data[8:16] != _PNG_HEADER_START or len(data) < 33:
+        raise ValueError("no PNG signature and header chunk of 13 bytes")
     if data[-12:] != _PNG_END:
         raise ValueError(f"truncated: {len(data)} bytes without the closing IEND chunk")
     _check_png_format(bit_depth=data[24], colour_type=data[25])
@@ -410,10 +416,11 @@ def _check_png_format(bit_depth: int, colour_type: int) -> None:
 
 
 def _check_png_chunks(data: bytes) -> None:
-    """Refuse more chunks than `_PNG_MAX_CHUNKS` allows, or chunks that overrun the closing IEND.
+    """Refuse more chunks than `_PNG_MAX_CHUNKS` allows, chunks that overrun the closing IEND, and a second IHDR.
 
-    The loop stops at the cap, so it runs at most once per KiB of data, and a
-    few thousand times more.
+    Pillow takes the size from the last IHDR it reads, where the size checked
+    is the first's. The loop stops at the cap, so it runs at most once per KiB
+    of data, and a few thousand times more.
     """
     most = _PNG_MAX_CHUNKS + len(data) // _PNG_BYTES_PER_EXTRA_CHUNK
     end = len(data) - len(_PNG_END)
@@ -426,6 +433,8 @@ def _check_png_chunks(data: bytes) -> None:
                 f"more than {most} chunks in {len(data)} bytes; at most {most} allowed "
                 f"({_PNG_MAX_CHUNKS} and one more per {_PNG_BYTES_PER_EXTRA_CHUNK} bytes)"
             )
+        if data[pos + 4:pos + 8] == b"IHDR" and pos != len(_PNG_SIGNATURE):
+            raise ValueError(f"a second IHDR chunk at byte {pos}")
         start, pos = pos, pos + 12 + int.from_bytes(data[pos:pos + 4], "big")
     if pos != end:
         raise ValueError(f"the chunk at byte {start} runs past the closing IEND chunk, to byte {pos}")
@@ -513,6 +522,10 @@ def _jpeg_header(data: bytes) -> _JpegHeader:
                 f"more than {_JPEG_MAX_HEADER_SEGMENTS} segments before the first scan; "
                 f"at most {_JPEG_MAX_HEADER_SEGMENTS} allowed"
             )
+        if marker in _JPEG_NOT_SEGMENTS:
+            # libjpeg skips a restart or TEM marker as having no length; read with
+            # one, it would put the frame header this reads elsewhere than libjpeg's.
+            raise ValueError(f"marker 0x{marker:02X} at byte {pos}, where a header segment is due")
         if marker == 0xD9 or pos + 4 > len(data):
             raise ValueError("the data ends before the first scan")
         length = int.from_bytes(data[pos + 2:pos + 4], "big")

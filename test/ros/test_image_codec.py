@@ -522,6 +522,70 @@ def test_a_jpeg_header_of_endless_tiny_segments_is_refused():
         compressed_to_rgb8(CompressedImage(format="jpeg", data=data))
 
 
+def _jpeg_read_two_ways(small: bytes, big: bytes) -> bytes:
+    """One stream, two frames: read with a length after RST0, it is `small`; as libjpeg reads it, `big`.
+
+    libjpeg skips RST0 as a marker without a segment, then two comments, the
+    second of which (its length 0xFFE1) holds `small` but for its first and
+    last markers. A length read from RST0 instead spans the first comment and
+    the second's marker, and lands on an empty APP1 segment (0xFFE1) just
+    before `small`'s segments.
+    """
+    first = b"\xff\xfe" + (65530).to_bytes(2, "big") + bytes(65528)
+    second = (2).to_bytes(2, "big") + small[2:-2]
+    second += bytes(0xFFE1 - 2 - len(second))
+    return b"\xff\xd8\xff\xd0" + first + b"\xff\xfe\xff\xe1" + second + big[2:]
+
+
+def test_a_jpeg_that_libjpeg_reads_as_a_larger_frame_than_its_header_is_refused(decoded):
+    data = _jpeg_read_two_ways(_noisy_jpeg(16, 16), _noisy_jpeg(256, 256))
+    assert simplejpeg.decode_jpeg_header(data)[:2] == (256, 256)
+    with pytest.raises(ValueError, match=(
+        r"^corrupt jpeg image \(format 'jpeg'\): marker 0xD0 at byte 2, where a header segment is due$"
+    )):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=data), max_pixels=64 * 64)
+    assert decoded == []
+
+
+@pytest.mark.parametrize("marker", [0x00, 0x01, 0xD0, 0xD7, 0xD8])
+def test_a_marker_without_a_segment_before_the_first_scan_is_refused(decoded, marker):
+    good = _noisy_jpeg(16, 16)
+    data = good[:2] + bytes((0xFF, marker)) + good[2:]
+    with pytest.raises(ValueError, match=rf"marker 0x{marker:02X} at byte 2, where a header segment is due$"):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=data))
+    assert decoded == []
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_header(width: int, height: int, extra: bytes = b"") -> bytes:
+    return _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0) + extra)
+
+
+def _png_of_rows(width: int, height: int) -> bytes:
+    rows = zlib.compress(bytes(height * (1 + 3 * width)))
+    return _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
+
+
+def test_a_png_with_a_second_header_chunk_is_refused(decoded):
+    # Pillow takes the size from the last IHDR: this one decodes as 256x256, past the limit.
+    data = b"\x89PNG\r\n\x1a\n" + _png_header(16, 16) + _png_header(256, 256) + _png_of_rows(256, 256)
+    with pytest.raises(ValueError, match=r"^corrupt png image \(format 'png'\): a second IHDR chunk at byte 33$"):
+        compressed_to_rgb8(CompressedImage(format="png", data=data), max_pixels=64 * 64)
+    assert decoded == []
+
+
+def test_a_png_header_chunk_of_another_length_is_refused(decoded):
+    data = b"\x89PNG\r\n\x1a\n" + _png_header(16, 16, extra=b"\x00") + _png_of_rows(16, 16)
+    with pytest.raises(ValueError, match=r"no PNG signature and header chunk of 13 bytes$"):
+        compressed_to_rgb8(CompressedImage(format="png", data=data))
+    assert decoded == []
+    well_formed = b"\x89PNG\r\n\x1a\n" + _png_header(16, 16) + _png_of_rows(16, 16)
+    assert compressed_to_rgb8(CompressedImage(format="png", data=well_formed)).shape == (16, 16, 3)
+
+
 # --- costs out of proportion to the data, caught before decoding -----------
 
 def _jpeg_bytes(pixels: np.ndarray, **options) -> bytes:
