@@ -44,7 +44,7 @@ MAX_SIZE_PIXELS = 8192 * 8192
 # The RoI heads hold a block of features per proposal (box head) and per
 # detection (mask head), for every image: at most this many values each, 1 GiB
 # in fp32, so that a config inside its ranges cannot ask for tens of GB a frame.
-# The paper's model needs 25 M.
+# The paper's model needs at most 20 M: 100 detections x 28² x 256.
 MAX_ROI_VALUES = 1 << 28
 # A config name is part of the packaged weights' file name, so no path in it.
 CONFIG_NAMES = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -214,7 +214,7 @@ class FusionConfig:
 @dataclass
 class EfficientPSConfig:
     name: str = ranged(
-        "b5_cityscapes", pattern=CONFIG_NAMES, text="1 to 64 letters, digits, '_', '.' or '-', not starting with '.'"
+        "b5_cityscapes", pattern=CONFIG_NAMES, text="1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
     )
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn_channels: int = ranged(256, 1, 1024)
