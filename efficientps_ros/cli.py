@@ -349,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--frames", type=int, default=20, help="frames timed after the warm-up")
     bench.add_argument("--warmup", type=int, default=2, help="frames run before timing")
     bench.add_argument("--compile", action="store_true", help="compile the dense part (static shapes)")
+    bench.add_argument("--agreement-scenes", type=int, default=4,
+                       help="scenes the agreement with the plain network is pooled over: the timed frame's, "
+                            "then more, untimed")
     bench.add_argument("--score-threshold", type=float, default=None,
                        help="fusion and box-head score threshold; low values load untrained weights' RoI heads")
     bench.add_argument("--ros", choices=["auto", "on", "off"], default="auto",

@@ -66,7 +66,7 @@ from efficientps_ros.bench import run_variants
 batch, compile = int(sys.argv[1]), sys.argv[2] == "1"
 args = argparse.Namespace(config="$CONFIG", checkpoint=None, device="$DEVICE", precision="fp32", height=$HEIGHT,
                           width=$WIDTH, batch=batch, frames=$FRAMES, warmup=3, compile=compile,
-                          score_threshold=$SCORE, ros="$ROS", json=None)
+                          agreement_scenes=4, score_threshold=$SCORE, ros="$ROS", json=None)
 
 def save(report):
     with open("$OUT/bench.jsonl", "a") as out:

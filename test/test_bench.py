@@ -22,7 +22,8 @@ REQUIRED = {
 
 def _args(tmp_path, **changes):
     values = dict(config="small", checkpoint=None, device="cpu", precision="bf16", height=64, width=128, batch=1,
-                  frames=2, warmup=1, compile=False, score_threshold=None, ros="off", json=str(tmp_path / "b.json"))
+                  frames=2, warmup=1, compile=False, agreement_scenes=1, score_threshold=None, ros="off",
+                  json=str(tmp_path / "b.json"))
     values.update(changes)
     return argparse.Namespace(**values)
 
@@ -70,10 +71,28 @@ def test_the_same_network_agrees_fully_with_itself_in_fp32(tmp_path):
     assert report["detections_matched_vs_eager"] == report["detections_eager"] == report["detections"]
 
 
+def test_agreement_is_pooled_over_the_timed_scenes_and_more_untimed(tmp_path, monkeypatch):
+    import efficientps_ros.bench as bench
+
+    seeds, predicted = [], []
+    original_scene, original_predict = bench.street_scene, bench.Predictor.predict
+    monkeypatch.setattr(bench, "street_scene", lambda *a, seed: seeds.append(seed) or original_scene(*a, seed=seed))
+    monkeypatch.setattr(bench.Predictor, "predict",
+                        lambda self, images, **kw: predicted.append(len(images)) or original_predict(self, images, **kw))
+    run_bench(_args(tmp_path, precision="fp32", batch=2, frames=1, warmup=0, agreement_scenes=4))
+    report = json.loads((tmp_path / "b.json").read_text())
+    # Scenes 0 and 1 make the timed frame; 2 and 3 are predicted after it, one at a time, by both networks.
+    assert seeds == [0, 1, 2, 3]
+    assert predicted[-4:] == [1, 1, 1, 1] and predicted.count(1) == 4
+    assert report["agreement_scenes"] == 4
+    assert 99.9 < report["semantic_agreement_worst_scene_vs_eager"] <= report["semantic_agreement_vs_eager"] <= 100
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
         ({"frames": 0}, "--frames"),
+        ({"agreement_scenes": 0}, "--agreement-scenes"),
         ({"height": 16}, "at least 32"),
         ({"precision": "fp16"}, "'fp16' needs a CUDA device"),
         ({"device": "cuda:7"}, "cuda:7"),
