@@ -294,7 +294,7 @@ def _table(report: dict) -> str:
         f"peak memory {report['peak_memory_mb']:.0f} MB ({report['peak_memory_kind']})",
         f"speed-up over the plain eager fp32 network: x{report['speedup_vs_eager']:.2f} "
         f"({report['eager_fp32_total_ms']:.1f} -> {model['median_ms']:.1f} ms)",
-        f"agreement with it over {report['agreement_scenes']} scenes: semantic "
+        f"agreement with it over {report['agreement_scenes']} scene{'s' * (report['agreement_scenes'] != 1)}: semantic "
         f"{report['semantic_agreement_vs_eager']:.3f} % of pixels (worst scene "
         f"{report['semantic_agreement_worst_scene_vs_eager']:.3f} %), "
         f"{report['panoptic_pixels_differ_vs_eager']} panoptic pixels differ, "
