@@ -29,6 +29,7 @@ OVERRIDES = {
     "transport": "transport",
     "device": "device",
     "precision": "precision",
+    "compile": "compile",
     "checkpoint": "model.checkpoint",
     "output_namespace": "output_namespace",
     "inference_height": "inference_height",
@@ -37,12 +38,13 @@ OVERRIDES = {
     "use_sim_time": "use_sim_time",
 }
 # Arguments whose text is YAML (lists, booleans, integers); the others are taken as written.
-TYPED = {"image_topics", "inference_height", "inference_width", "autostart", "use_sim_time"}
+TYPED = {"image_topics", "inference_height", "inference_width", "compile", "autostart", "use_sim_time"}
 DESCRIPTIONS = {
     "image_topics": "Camera image topics: one topic, or a YAML list such as \"['front/image_raw', 'rear/image_raw']\"",
     "transport": "raw or compressed",
     "device": "auto, cpu, cuda or cuda:N",
     "precision": "fp32, fp16 (GPU only) or bf16",
+    "compile": "true: compile the network's dense part with torch.compile (pays on a GPU)",
     "checkpoint": "safetensors checkpoint",
     "output_namespace": "Outputs of P/<leaf> go to P/<output_namespace>/...",
     "inference_height": "Network input height; 0 with inference_width 0 keeps the native size",

@@ -76,6 +76,7 @@ class Configured:
             "weights": self.weights,
             "device": str(self.predictor.device),
             "precision": self.predictor.precision,
+            "compiled": str(self.predictor.compiled).lower(),
             "inference_size": "native" if size is None else f"{size[0]}x{size[1]}",
         }
 
@@ -99,7 +100,9 @@ def load_model(settings: NodeSettings) -> Predictor:
 
     checkpoint = settings.model_checkpoint or None
     config = settings.model_preset_or_config or (None if checkpoint else "small")
-    predictor = Predictor(config, checkpoint, settings.device, settings.precision, settings.inference_size)
+    predictor = Predictor(
+        config, checkpoint, settings.device, settings.precision, settings.inference_size, compile=settings.compile
+    )
     try:
         settings.check_network_size(predictor.config.size_divisor)
     except ValueError:
@@ -179,7 +182,8 @@ class EfficientPSNode(LifecycleNode):
         weights, level = describe_weights(settings, predictor)
         # Without a checkpoint of their own, users must hear that this is not a real-street model.
         log = self.get_logger().info if settings.model_checkpoint else self.get_logger().warning
-        log(f"model {predictor.config.name} on {predictor.device} ({predictor.precision}); weights: {weights}")
+        mode = f"{predictor.precision}, compiled" if predictor.compiled else predictor.precision
+        log(f"model {predictor.config.name} on {predictor.device} ({mode}); weights: {weights}")
         reporter = DiagnosticsReporter(self.get_name(), str(predictor.device))
         self._configured = Configured(settings, predictor, weights, level, reporter)
         self._diagnostics_timer.timer_period_ns = round(settings.diagnostics_period * 1e9)

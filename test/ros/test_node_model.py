@@ -47,3 +47,10 @@ def test_the_models_own_divisor_decides_whether_the_inference_size_fits(monkeypa
     with pytest.raises(ParameterError, match=r"multiple of 128 \(128x256\)"):
         load_model(settings)
     assert calls == []
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_the_compile_parameter_reaches_the_predictor(compile):
+    # Without a fixed inference size nothing runs yet, so nothing is compiled here.
+    predictor = load_model(NodeSettings.from_values({"device": "cpu", "compile": compile}))
+    assert predictor.compiled is compile
