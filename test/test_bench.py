@@ -76,9 +76,17 @@ def test_agreement_is_pooled_over_the_timed_scenes_and_more_untimed(tmp_path, mo
 
     seeds, predicted = [], []
     original_scene, original_predict = bench.street_scene, bench.Predictor.predict
-    monkeypatch.setattr(bench, "street_scene", lambda *a, seed: seeds.append(seed) or original_scene(*a, seed=seed))
-    monkeypatch.setattr(bench.Predictor, "predict",
-                        lambda self, images, **kw: predicted.append(len(images)) or original_predict(self, images, **kw))
+
+    def scene(*args, seed):
+        seeds.append(seed)
+        return original_scene(*args, seed=seed)
+
+    def predict(self, images, **options):
+        predicted.append(len(images))
+        return original_predict(self, images, **options)
+
+    monkeypatch.setattr(bench, "street_scene", scene)
+    monkeypatch.setattr(bench.Predictor, "predict", predict)
     run_bench(_args(tmp_path, precision="fp32", batch=2, frames=1, warmup=0, agreement_scenes=4))
     report = json.loads((tmp_path / "b.json").read_text())
     # Scenes 0 and 1 make the timed frame; 2 and 3 are predicted after it, one at a time, by both networks.

@@ -214,7 +214,9 @@ class FusionConfig:
 @dataclass
 class EfficientPSConfig:
     name: str = ranged(
-        "b5_cityscapes", pattern=CONFIG_NAMES, text="1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        "b5_cityscapes",
+        pattern=CONFIG_NAMES,
+        text="1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
     )
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn_channels: int = ranged(256, 1, 1024)

@@ -353,10 +353,11 @@ def compressed_to_rgb8(
     bytes, header segments and scans, PNG chunks, each capped), headers a
     decoder could read at another size than the one checked (a second PNG
     IHDR, a JPEG marker that begins no segment where a segment is due; and
-    libjpeg must read the size checked), and data that cannot be complete: a JPEG without its end-of-image marker, shorter than
-    its size needs, short of a restart marker, or whose scans leave some
-    coefficients of a component uncoded or coarse, as when it was cut between
-    two scans (`_checked_jpeg`). The decoders refuse the rest of what is cut short or
+    libjpeg must read the size checked), and data that cannot be complete: a
+    JPEG without its end-of-image marker, shorter than its size needs, short of
+    a restart marker, or whose scans leave some coefficients of a component
+    uncoded or coarse, as when it was cut between two scans (`_checked_jpeg`).
+    The decoders refuse the rest of what is cut short or
     damaged: libjpeg's warnings are errors here (`jpeg.decode_jpeg`), and Pillow
     refuses a PNG that ends early (with `ImageFile.LOAD_TRUNCATED_IMAGES` off,
     its default). JPEGs of 1, 3 or 4 components (greyscale, YCbCr or RGB, CMYK

@@ -47,7 +47,10 @@ def overlay_image(
 
 
 def detection_array(result: PanopticResult, header: Header) -> bytes:
-    """Serialised Detection2DArray: one Detection2D per thing instance; id = str(k), class_id = class name, bbox in pixels."""
+    """Serialised Detection2DArray: one Detection2D per thing instance.
+
+    id = str(k), as in the instance image; class_id = the class name; bbox in pixels.
+    """
     return serialized_detections(header, [_detection(inst) for inst in result.instances])
 
 
