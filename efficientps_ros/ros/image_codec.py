@@ -357,10 +357,9 @@ def compressed_to_rgb8(
     JPEG without its end-of-image marker, shorter than its size needs, short of
     a restart marker, or whose scans leave some coefficients of a component
     uncoded or coarse, as when it was cut between two scans (`_checked_jpeg`).
-    The decoders refuse the rest of what is cut short or
-    damaged: libjpeg's warnings are errors here (`jpeg.decode_jpeg`), and Pillow
-    refuses a PNG that ends early (with `ImageFile.LOAD_TRUNCATED_IMAGES` off,
-    its default). JPEGs of 1, 3 or 4 components (greyscale, YCbCr or RGB, CMYK
+    The decoders refuse the rest of what is cut short or damaged: libjpeg's
+    warnings are errors here (`jpeg.decode_jpeg`), and Pillow refuses a PNG
+    that ends early (with `ImageFile.LOAD_TRUNCATED_IMAGES` off, its default). JPEGs of 1, 3 or 4 components (greyscale, YCbCr or RGB, CMYK
     or YCCK) come back as RGB.
     """
     codec = _compressed_codec(msg.format)
