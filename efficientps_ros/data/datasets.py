@@ -367,6 +367,12 @@ def _check_annotation(annotation, index: int, categories: set[int], path: Path) 
                 f"{where}: segment {segment['id']} has category_id {segment['category_id']}, "
                 "which 'categories' does not list"
             )
+        # Read as a truth value, a string "0" would make a crowd.
+        crowd = segment.get("iscrowd", 0)
+        if not (isinstance(crowd, int) and crowd in (0, 1)):
+            raise ValueError(
+                f"{where}: segment {segment['id']} has iscrowd {_shown_value(segment['iscrowd'])}; allowed: 0 or 1"
+            )
     # With one id twice, the last entry's category would silently win.
     _refuse_duplicates([s["id"] for s in annotation["segments_info"]], f"{where}: 'segments_info' lists segment")
 

@@ -453,10 +453,8 @@ def load_config(name_or_path: str | Path) -> EfficientPSConfig:
     path = Path(key)
     if not path.is_file():
         raise ValueError(f"unknown model config {key!r}: not a preset ({', '.join(PRESETS)}) and no such file")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot be read ({exc})") from None
+    # UTF-8 takes at most 4 bytes a character: a larger file cannot pass parse_document's limit.
+    text = read_text_file(path, 4 * MAX_CONFIG_CHARS, str(path))
     data = parse_document(text, str(path), "yaml")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
@@ -487,13 +485,36 @@ def read_text_file(path: Path, max_bytes: int, where: str) -> str:
         raise ValueError(f"{where}: not readable ({exc.strerror or exc})") from None
 
 
+class _AliasRefused(yaml.YAMLError):
+    def __init__(self, anchor: str):
+        super().__init__(anchor)
+        self.anchor = anchor
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing aliases.
+
+    Each `*name` repeats the whole node it names, so a few hundred bytes of
+    aliases of aliases stand for billions of nodes, which every later walk
+    over the data would visit. Without aliases the data is no larger than its text.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasRefused(self.peek_event().anchor)
+        return super().compose_node(parent, index)
+
+
 def parse_document(text: str, where: str, kind: str, max_chars: int = MAX_CONFIG_CHARS) -> Any:
     """YAML or JSON text as plain data; one that is too large or nested too deep
-    is refused with a message, not with a RecursionError from the parser."""
+    is refused with a message, not with a RecursionError from the parser. YAML
+    aliases (`*name`) are refused too."""
     if len(text) > max_chars:
         raise ValueError(f"{where}: {len(text):,} characters; allowed: at most {max_chars:,}")
     try:
-        data = json.loads(text) if kind == "json" else yaml.safe_load(text)
+        data = json.loads(text) if kind == "json" else yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506
+    except _AliasRefused as exc:
+        raise ValueError(f"{where}: a YAML alias (*{exc.anchor}); aliases are not allowed, write the value out") from None
     except RecursionError:
         raise ValueError(f"{where}: nested more than {MAX_NESTING} levels deep") from None
     except (ValueError, yaml.YAMLError) as exc:  # ValueError: also integers too long to convert

@@ -93,6 +93,8 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     # torch.load hands a .safetensors file to safetensors, which raises its own error.
     except (RuntimeError, OSError, EOFError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - on malformed pickle data the weights-only unpickler raises anything
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({malformed(exc)})") from None
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no state_dict of tensors inside")
@@ -151,6 +153,11 @@ def convert_official(src: str | Path, dst: str | Path, dataset: str = "cityscape
     state = convert_state_dict(read_official(src), model.state_dict())
     model.load_state_dict(state, strict=True)
     return save_checkpoint(model, config, dst)
+
+
+def malformed(exc: BaseException) -> str:
+    """Words for an error the weights-only unpickler raised on data that is no valid pickle."""
+    return f"malformed pickle data: {type(exc).__name__}: {_first_line(exc)}"
 
 
 def pickle_refusal(exc: pickle.UnpicklingError) -> str:

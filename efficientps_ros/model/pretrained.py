@@ -22,7 +22,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, state_dict_mismatch
 from .norm import NormAct
-from .official import check_archive, pickle_refusal
+from .official import check_archive, malformed, pickle_refusal
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ def read_timm_state(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
         raise CheckpointError(f"{path}: not a readable timm checkpoint ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - on malformed pickle data the weights-only unpickler raises anything
+        raise CheckpointError(f"{path}: not a readable timm checkpoint ({malformed(exc)})") from None
     for key in _CONTAINERS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -246,6 +246,11 @@ def _load_spoiled(tmp_path, spoil, message) -> tuple[Path, str]:
     (lambda d: d["annotations"][0].update(segments_info={}), "'segments_info' a list"),
     (lambda d: d["annotations"][0]["segments_info"][3].update(category_id=25),
      "segment 24 has category_id 25, which 'categories' does not list"),
+    # Read as truth values, these would make crowds.
+    (lambda d: d["annotations"][0]["segments_info"][4].update(iscrowd="0"),
+     "segment 26001 has iscrowd '0'; allowed: 0 or 1"),
+    (lambda d: d["annotations"][0]["segments_info"][4].update(iscrowd=[0]), "segment 26001 has iscrowd \\[0\\]"),
+    (lambda d: d["annotations"][0]["segments_info"][4].update(iscrowd=2), "segment 26001 has iscrowd 2"),
 ])
 def test_a_malformed_annotation_is_named_by_file_image_and_field(tmp_path, spoil, message):
     path, error = _load_spoiled(tmp_path, spoil, message)

@@ -1,5 +1,6 @@
 import dataclasses
 import re
+import time
 import typing
 
 import pytest
@@ -205,6 +206,26 @@ def test_a_preset_that_is_no_name_is_refused():
 
 
 # --- nesting ------------------------------------------------------------------
+
+def test_yaml_aliases_are_refused_before_they_multiply(tmp_path):
+    # Nine levels of nine aliases each: 700 bytes that stand for 9^9 nodes.
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]" for k in range(1, 10)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=re.escape(f"{path}: a YAML alias (*a0); aliases are not allowed")):
+        load_config(path)
+    assert time.monotonic() - start < 5
+
+
+def test_a_config_file_too_large_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as sparse:
+        sparse.truncate(3 * 2**30)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: larger than 4,000,000 bytes, the most read")):
+        load_config(path)
+
 
 def test_deeply_nested_yaml_is_refused_with_a_message(tmp_path):
     path = tmp_path / "deep.yaml"

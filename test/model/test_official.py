@@ -173,6 +173,19 @@ def test_a_broken_file_named_safetensors_is_refused_as_unreadable(tmp_path):
         read_official(broken)
 
 
+@pytest.mark.parametrize("data, error", [
+    (b"hello", "KeyError: 101"), (b"q\x05", "IndexError: list index out of range"),
+    (b"K\x01s.", "IndexError: pop from empty list"),
+])
+def test_bytes_that_are_no_pickle_are_refused_in_one_line(tmp_path, data, error):
+    # The weights-only unpickler meets them with errors of any type.
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(data)
+    with pytest.raises(CheckpointError, match=rf"^{garbage}: not a readable PyTorch checkpoint "
+                                              rf"\(malformed pickle data: {error}\)$"):
+        read_official(garbage)
+
+
 def test_a_refused_pickle_is_named_by_its_opcode_without_advice_to_load_it_unsafely(tmp_path):
     class Runs:
         def __reduce__(self):

@@ -112,6 +112,14 @@ def test_a_torch_file_whose_entries_were_recompressed_is_refused_before_unpackin
         load_backbone_weights(backbone, bomb)
 
 
+def test_bytes_that_are_no_pickle_are_refused_in_one_line(tmp_path, backbone):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"hello")
+    with pytest.raises(CheckpointError, match=rf"^{garbage}: not a readable timm checkpoint "
+                                              r"\(malformed pickle data: KeyError: 101\)$"):
+        load_backbone_weights(backbone, garbage)
+
+
 def test_a_refused_pickle_is_named_without_advice_to_load_it_unsafely(tmp_path, timm_state, backbone):
     hostile = tmp_path / "hostile.pth"
     torch.save({"state_dict": timm_state, "hook": _Payload()}, hostile)

@@ -6,6 +6,7 @@ with this package's tools, so that a bug in those cannot hide in both sides.
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 import time
@@ -307,6 +308,28 @@ def test_a_truncated_bag_is_refused_naming_the_bag_and_its_file(storage, tmp_pat
     assert "truncated or damaged" in line
     code, err = _run_cli(capsys, "play", drive.path)
     assert code == 2 and "cannot be opened" in _one_line_error(err)
+
+
+@pytest.mark.parametrize("spoil, message", [
+    # A kilobyte of aliases of aliases would stand for 9^9 nodes, and take minutes to walk.
+    (lambda path: path.write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + k)}: &{chr(98 + k)} [{', '.join([f'*{chr(97 + k)}'] * 9)}]\n" for k in range(8))),
+     r"metadata.yaml: a YAML alias \(\*a\); aliases are not allowed"),
+    # Sparse: no disk used, and refused before a byte is read.
+    (lambda path: os.truncate(path, 3 * 2**30), r"metadata.yaml: larger than 16,777,216 bytes, the most read"),
+])
+def test_a_metadata_yaml_too_large_or_full_of_aliases_is_refused_before_it_is_read(tmp_path, capsys, spoil, message):
+    drive = write_ros2_drive(tmp_path / "in", "mcap", compressed=False, frames=1)
+    spoil(drive.path / "metadata.yaml")
+    tracemalloc.start()
+    try:
+        code, err = _run_cli(capsys, "run", drive.path, tmp_path / "out")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 2 and re.search(rf"^efficientps bag: bag {re.escape(str(drive.path))}: {message}",
+                                   _one_line_error(err))
+    assert peak < 64 * 2**20
 
 
 def test_a_folder_without_its_metadata_is_refused_naming_the_file_that_still_opens(tmp_path, capsys):

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import lz4.frame
-import yaml
 from rclpy.serialization import deserialize_message
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection, QosDurability
 from rosbags.rosbag1 import reader as rosbag1_reader
 from rosbags.rosbag2 import storage_mcap
 
+from ...model.config import parse_document, read_text_file
 from .message_types import ros2_typestore
 
 if sys.version_info >= (3, 14):
@@ -40,6 +40,9 @@ else:
 # largest image the node takes (max_image_pixels, 8192x4096, at 8 bytes a
 # pixel) is 256 MiB.
 MAX_UNPACKED_BYTES = 512 * 2**20
+# The largest metadata.yaml read. rosbag2 writes a few hundred bytes per topic
+# and per file: a bag of thousands of each stays under a few megabytes.
+MAX_METADATA_BYTES = 16 * 2**20
 
 
 class BagError(ValueError):
@@ -233,14 +236,28 @@ def _check_compression(path: Path) -> None:
     """
     if not path.is_dir():
         return
+    metadata = _metadata(path)
     try:
-        metadata = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-        mode = str(metadata.get("compression_mode") or "").lower()
-    except Exception:  # noqa: BLE001 - a metadata.yaml that does not load is for rosbags to describe
+        mode = str(metadata["rosbag2_bagfile_information"].get("compression_mode") or "").lower()
+    except Exception:  # noqa: BLE001 - a metadata.yaml of another structure is for rosbags to describe
         return
     if mode == "file":
         raise BagError(f"bag {path}: compressed file by file (compression_mode: file), which is not read here; "
                        f"decompress it into a new bag first: rosbags-convert --src {path} --dst NEW_BAG")
+
+
+def _metadata(path: Path):
+    """A rosbag2 folder's metadata.yaml as plain data, its size and form checked before rosbags reads it.
+
+    rosbags reads it whole and with aliases: a sparse file of gigabytes, or a
+    kilobyte of aliases of aliases, would take the memory or the time first.
+    """
+    where = f"bag {path}: metadata.yaml"
+    try:
+        return parse_document(read_text_file(path / "metadata.yaml", MAX_METADATA_BYTES, where), where, "yaml",
+                              max_chars=MAX_METADATA_BYTES)
+    except ValueError as exc:
+        raise BagError(str(exc)) from None
 
 
 def _storages(reader: AnyReader) -> Iterator:
