@@ -30,7 +30,7 @@ from efficientps_ros.ros.bag import source as source_module
 from efficientps_ros.ros.bag.message_types import definition
 from efficientps_ros.ros.bag.offline import choose_cameras, run_bag
 from efficientps_ros.ros.bag.play import PlayOptions, due_after, playable_topics, time_window
-from efficientps_ros.ros.bag.record import is_output_topic
+from efficientps_ros.ros.bag.record import RecordOptions, checked_options, is_output_topic
 from efficientps_ros.ros.bag.sink import BagSink, check_new_folder
 from efficientps_ros.ros.bag.source import BagSource, zstd
 
@@ -675,6 +675,10 @@ def test_a_ros1_chunk_is_refused_beyond_the_limit_or_the_size_it_declares(tmp_pa
     (["play", "BAG", "--subscribers", "0"], "--subscribers must be 1 or more (got 0)"),
     (["record", "OUT", "--topics", "/x", "--duration", "nan"], "--duration must be a finite number above 0 (got nan)"),
     (["record", "OUT", "--topics", "/x", "--duration", "-1"], "--duration must be a finite number above 0 (got -1.0)"),
+    (["record", "OUT", "--topics", "/x", "topic!!"], "--topics: 'topic!!' is not a valid topic name"),
+    (["record", "OUT", "--topics", "a//b"], "--topics: 'a//b' is not a valid topic name"),
+    (["record", "OUT", "--all-outputs", "--output-namespace", "!!bad"],
+     "--output-namespace: not a valid relative name (got '!!bad'); allowed: a relative name such as efficientps"),
 ])
 def test_play_and_record_refuse_options_out_of_range_naming_them(args, complaint, tmp_path, capsys):
     # Checked before the bag is opened or anything of ROS is started.
@@ -685,6 +689,12 @@ def test_play_and_record_refuse_options_out_of_range_naming_them(args, complaint
 
 
 # --- pieces -----------------------------------------------------------------
+
+def test_record_takes_relative_topic_names_as_the_graph_names_them():
+    # The graph lists '/camera/image_raw': compared as given, 'camera/image_raw' would never match.
+    options = checked_options(RecordOptions(topics=("camera/image_raw", "/front/image_raw")))
+    assert options.topics == ("/camera/image_raw", "/front/image_raw")
+
 
 def test_the_play_window_and_timing_follow_start_duration_and_rate():
     assert time_window(10**12, 1.5, None) == (10**12 + 1_500_000_000, None)
@@ -709,7 +719,7 @@ def test_a_topic_whose_definition_is_missing_is_reported_and_the_others_still_re
     from std_msgs.msg import Int32, String
 
     from efficientps_ros.ros.bag import sink as sink_module
-    from efficientps_ros.ros.bag.record import Recorder, RecordOptions
+    from efficientps_ros.ros.bag.record import Recorder
     from efficientps_ros.ros.bag.sink import BagSink
 
     real = sink_module.definition

@@ -9,16 +9,19 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.exceptions import InvalidTopicNameException
+from rclpy.expand_topic_name import expand_topic_name
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
+from rclpy.validate_full_topic_name import validate_full_topic_name
 
-from ..params import OUTPUTS
+from ..params import OUTPUTS, SPECS_BY_NAME, check_value
 from .message_types import message_class
 from .play import check_number
 from .sink import BagSink, offered_qos
@@ -28,6 +31,7 @@ from .source import BagError
 RECORD_DEPTH = 100
 DISCOVERY_PERIOD_S = 0.2
 OUTPUT_LEAVES = (*OUTPUTS, "label_info")
+RECORDER_NODE = "efficientps_bag_record"
 
 
 @dataclass(frozen=True)
@@ -39,12 +43,27 @@ class RecordOptions:
     duration: float | None = None  # seconds; None: until SIGINT
 
 
-def check_options(options: RecordOptions) -> None:
+def checked_options(options: RecordOptions) -> RecordOptions:
+    """The options with every topic name made absolute, as the graph names them; ValueError names a bad one."""
     if not options.topics and not options.all_outputs:
         raise ValueError("give --topics or --all-outputs")
     if options.duration is not None:
         # NaN or a negative duration would end the recording before it began.
         check_number("--duration", options.duration, above=0)
+    problem = check_value(SPECS_BY_NAME["output_namespace"], options.output_namespace)
+    if problem:
+        raise ValueError(f"--output-namespace: {problem.split(': ', 1)[1]}")
+    return replace(options, topics=tuple(_absolute(topic) for topic in options.topics))
+
+
+def _absolute(topic: str) -> str:
+    """'camera/image_raw' -> '/camera/image_raw': the recorder's node sits in the root namespace."""
+    try:
+        name = expand_topic_name(topic, RECORDER_NODE, "/")
+        validate_full_topic_name(name)
+    except (InvalidTopicNameException, ValueError):
+        raise ValueError(f"--topics: {topic!r} is not a valid topic name") from None
+    return name
 
 
 def is_output_topic(topic: str, output_namespace: str) -> bool:
@@ -118,14 +137,14 @@ class Recorder:
 def record_bag(out: str | Path, options: RecordOptions,
                report: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, int]:
     """Record until SIGINT, SIGTERM or `options.duration`; returns the message count per topic."""
-    check_options(options)
+    options = checked_options(options)
     sink = BagSink(out, options.storage)
     stop = []
     # The signal only ends the loop, never interrupts a write half done.
     previous = {sig: signal.signal(sig, lambda *_: stop.append(sig)) for sig in (signal.SIGINT, signal.SIGTERM)}
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     try:
-        node = rclpy.create_node("efficientps_bag_record")
+        node = rclpy.create_node(RECORDER_NODE)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         recorder = Recorder(node, sink, options, report)
