@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import platform
 import resource
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -41,17 +41,42 @@ from .data.synthetic import street_scene
 from .device_overlay import pays_on
 from .model import load_config
 from .model.checkpoint import read_config
+from .model.config import parse_size
+from .paths import writable_file
 from .predictor import Predictor, check_precision, resolve_device
+
+# (least, most) of each count: a few digits too many would run for days, or allocate
+# a batch of images beyond any memory, before the first frame is timed.
+COUNT_LIMITS = {"batch": (1, 64), "frames": (1, 100_000), "warmup": (0, 1000), "agreement_scenes": (1, 1000)}
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    # The settings, then where the report goes, before a frame is run: a
+    # benchmark of minutes must not end in a file that cannot be written.
+    check_settings(args)
+    path = writable_file(args.json, "--json") if args.json else None
     (report,) = run_variants(args, [(args.precision, args.compile)])
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is not None:
         path.write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {path}")
     return 0
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """ValueError naming the first setting out of range: the counts, the image size, the score threshold."""
+    for name, (least, most) in COUNT_LIMITS.items():
+        value = getattr(args, name)
+        if not least <= value <= most:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: allowed: {least} to {most:,}")
+    try:
+        # The limits every image size of the project keeps: sides, aspect ratio, pixels.
+        parse_size(f"{args.height}x{args.width}")
+    except ValueError as exc:
+        raise ValueError(f"--height {args.height} and --width {args.width}: {exc}") from None
+    threshold = args.score_threshold
+    # NaN fails every comparison, so it is tested for on its own.
+    if threshold is not None and not (math.isfinite(threshold) and 0 <= threshold <= 1):
+        raise ValueError(f"--score-threshold {threshold}: allowed: a number from 0 to 1")
 
 
 def run_variants(
@@ -62,14 +87,11 @@ def run_variants(
     `on_report` gets each report as soon as it is ready, so that a run cut
     short still leaves the variants it finished.
     """
+    check_settings(args)
     config = _config(args)
     device = resolve_device(args.device)
     for precision, _ in variants:
         check_precision(precision, device)
-    if min(args.frames, args.batch, args.agreement_scenes) < 1 or args.warmup < 0 or min(args.height, args.width) < 32:
-        raise ValueError(
-            "--frames, --batch and --agreement-scenes must be at least 1, --warmup at least 0, the sides at least 32"
-        )
     images = [street_scene(args.height, args.width, seed=i).image for i in range(args.batch)]
     plain = _predictor(config, args, device, "fp32", compile=False, optimize=False)
     reports = []

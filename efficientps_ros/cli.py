@@ -7,8 +7,12 @@ import re
 import sys
 from pathlib import Path
 
+from .paths import writable_file
+
 # A split names folders and files inside a dataset.
 SPLIT_NAMES = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Scenes `synth` writes in one split: a million at 256x512 are hundreds of GB already.
+MAX_SCENES = 1_000_000
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +42,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .visualize import PanopticPainter
 
     out = Path(args.out)
+    _check_distinct_names(args.images, image_id, out)
     # Made before the model loads: a run must not end at its first output.
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -64,6 +69,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_distinct_names(images: list[str], image_id, out: Path) -> None:
+    """Refuse two images whose outputs would have one name: the second's would overwrite the first's,
+    and panoptic.json would list its id twice."""
+    seen: dict[str, str] = {}
+    for path in images:
+        # The file outputs are named by stem, the panoptic ones by image id; equal stems give equal ids.
+        name = image_id(path)
+        if name in seen:
+            raise ValueError(f"{seen[name]} and {path}: both would write outputs named {name!r} into --out {out}; "
+                             f"allowed: images with distinct names (run the others with another --out)")
+        seen[name] = path
+
+
 def _read_image(path: str):
     """An image file as HxWx3 uint8 RGB; a missing, unreadable or oversized file is one ValueError naming it."""
     from .data.datasets import read_rgb
@@ -76,18 +94,6 @@ def _split_name(split: str) -> str:
     if not SPLIT_NAMES.fullmatch(split):
         raise ValueError(f"--split {split!r}: allowed: 1 to 64 letters, digits, '_' or '-'")
     return split
-
-
-def _writable_file(path: str, option: str) -> Path:
-    """`path` with its folder made, checked before the work whose result it will hold."""
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"{option} {target}: its folder cannot be made ({exc.strerror or exc})") from None
-    if target.is_dir():
-        raise ValueError(f"{option} {target}: is a folder; give a file name")
-    return target
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -108,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     dataset = PanopticDataset(args.data, _split_name(args.split), classes)
-    json_path = _writable_file(args.json, "--json") if args.json else None
+    json_path = writable_file(args.json, "--json") if args.json else None
     predictor = Predictor(config, args.checkpoint, device=args.device, precision=args.precision)
     summary = evaluate(predictor, dataset, limit=args.limit, brightness=args.brightness,
                        save_predictions=args.save_predictions)
@@ -130,17 +136,22 @@ def cmd_synth(args: argparse.Namespace) -> int:
     height, width = parse_size(args.size)
     if args.count < 1 or args.seed < 0:
         raise ValueError(f"--count must be at least 1 and --seed non-negative, got {args.count} and {args.seed}")
+    if args.count > MAX_SCENES:
+        raise ValueError(f"--count {args.count}: allowed: at most {MAX_SCENES:,} scenes in one split")
     split = _split_name(args.split)
     listing = Path(args.out) / "gtFine" / f"cityscapes_panoptic_{split}.json"
     if listing.exists():
         # Its scenes would stay on disk, no longer listed.
         raise ValueError(f"{args.out}: split {split!r} exists already ({listing}); give another --out or --split")
-    with DatasetWriter(args.out, split, CITYSCAPES_CLASSES) as writer:
-        for index in tqdm(range(args.count), desc="synth", unit="scene"):
-            scene = street_scene(height, width, seed=scene_seed(args.split, args.seed, index))
-            # Cityscapes names images {city}_{sequence}_{frame}: here the stream seed and the index.
-            name = f"synthetic_{args.seed:06d}_{index:06d}"
-            writer.write(name, scene.image, scene.semantic, scene.instance, scene.crowd)
+    writer = DatasetWriter(args.out, split, CITYSCAPES_CLASSES)
+    for index in tqdm(range(args.count), desc="synth", unit="scene"):
+        scene = street_scene(height, width, seed=scene_seed(args.split, args.seed, index))
+        # Cityscapes names images {city}_{sequence}_{frame}: here the stream seed and the index.
+        name = f"synthetic_{args.seed:06d}_{index:06d}"
+        writer.write(name, scene.image, scene.semantic, scene.instance, scene.crowd)
+    # Not in a `with`: the listing is written only once every scene is, so that a run that
+    # fails part way leaves no split listing fewer scenes than asked for, and a rerun is not refused.
+    writer.close()
     print(f"wrote {args.count} scenes of split {args.split!r} to {args.out}")
     return 0
 
@@ -158,12 +169,17 @@ def cmd_average(args: argparse.Namespace) -> int:
 
     from .model import build_model
     from .model.checkpoint import load_weights, save_checkpoint
+    from .train import check_outputs
     from .training.averaging import average_weights
 
+    # The check `train --out` makes, before any checkpoint is read: a folder, or a
+    # folder that takes no files, would otherwise end the run with a traceback.
+    out = Path(args.out)
+    check_outputs(out, out.parent)
     weights, config = average_weights(args.checkpoints)
     model = build_model(config)
     load_weights(model, weights, args.checkpoints[0])
-    path = save_checkpoint(model, config, args.out, dtype=torch.float16 if args.fp16 else None)
+    path = save_checkpoint(model, config, out, dtype=torch.float16 if args.fp16 else None)
     print(f"wrote {path}: the mean of {len(args.checkpoints)} checkpoints")
     return 0
 

@@ -238,7 +238,7 @@ def train(
         recipe, config = _resumed_setup(info, resume, settings)
     else:
         recipe, config = _resolve_setup(config, recipe, settings)
-    _check_outputs(out, work_dir)
+    check_outputs(out, work_dir)
     context = init_distributed(device)
     try:
         run = _Run(context, config, recipe, out, work_dir, save_dtype, data, progress)
@@ -287,7 +287,7 @@ def _resumed_setup(
     return recipe, config
 
 
-def _check_outputs(out: Path, work_dir: Path) -> None:
+def check_outputs(out: Path, work_dir: Path) -> None:
     """Refuse outputs that could not be written before any training, rather than when it ends.
 
     The directories are made now, as the run would make them, and a nameless

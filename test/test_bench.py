@@ -102,13 +102,52 @@ def test_agreement_is_pooled_over_the_timed_scenes_and_more_untimed(tmp_path, mo
         ({"frames": 0}, "--frames"),
         ({"agreement_scenes": 0}, "--agreement-scenes"),
         ({"height": 16}, "at least 32"),
+        ({"batch": 65}, "--batch 65: allowed: 1 to 64"),
+        ({"frames": 100_001}, "--frames 100001: allowed: 1 to 100,000"),
+        ({"warmup": 1001}, "--warmup 1001: allowed: 0 to 1,000"),
+        ({"warmup": -1}, "--warmup -1: allowed: 0 to 1,000"),
+        ({"agreement_scenes": 1001}, "--agreement-scenes 1001: allowed: 1 to 1,000"),
+        ({"height": 64, "width": 4096}, "--height 64 and --width 4096: .*aspect ratio beyond 16:1"),
+        ({"height": 100_000, "width": 100_000}, "--height 100000 and --width 100000: .*allowed: at most 67108864"),
+        ({"score_threshold": float("nan")}, "--score-threshold nan: allowed: a number from 0 to 1"),
+        ({"score_threshold": float("inf")}, "--score-threshold inf: allowed: a number from 0 to 1"),
+        ({"score_threshold": -1.0}, "--score-threshold -1.0: allowed"),
+        ({"score_threshold": 2.0}, "--score-threshold 2.0: allowed"),
         ({"precision": "fp16"}, "'fp16' needs a CUDA device"),
         ({"device": "cuda:7"}, "cuda:7"),
     ],
 )
-def test_bad_settings_are_refused_by_name(tmp_path, changes, message):
+def test_bad_settings_are_refused_by_name(tmp_path, changes, message, monkeypatch):
+    import efficientps_ros.bench as bench
+
+    # Refused before a scene is drawn or a network built.
+    monkeypatch.setattr(bench, "street_scene", lambda *args, **kwargs: pytest.fail("a scene was drawn"))
     with pytest.raises(ValueError, match=message):
         run_bench(_args(tmp_path, **changes))
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_report_path_that_cannot_be_written_is_refused_before_the_benchmark(tmp_path, monkeypatch):
+    import efficientps_ros.bench as bench
+
+    monkeypatch.setattr(bench, "run_variants", lambda *args, **kwargs: pytest.fail("the benchmark ran"))
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    for path, message in ((tmp_path, "is a folder"), (blocker / "b.json", "its folder cannot be made"),
+                          (Path("/proc/b.json"), "its folder takes no new files")):
+        with pytest.raises(ValueError, match=f"--json {path}: {message}"):
+            run_bench(_args(tmp_path, json=str(path)))
+
+
+def test_the_bench_command_refuses_out_of_range_options_in_one_line(tmp_path, capsys):
+    from efficientps_ros.cli import main
+
+    args = ["bench", "--config", "small", "--ros", "off", "--device", "cpu", "--frames", "1", "--warmup", "0",
+            "--agreement-scenes", "1", "--json", str(tmp_path / "b.json")]
+    assert main([*args, "--height", "100000", "--width", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("efficientps bench: --height 100000 and --width 100000:") and err.count("\n") == 1
+    assert not (tmp_path / "b.json").exists()
 
 
 def test_ros_required_where_there_is_none_is_refused(tmp_path, monkeypatch):

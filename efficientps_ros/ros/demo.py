@@ -27,7 +27,7 @@ from vision_msgs.msg import Detection2DArray
 from ..model.config import CITYSCAPES_CLASSES
 from ..visualize import class_palette, instance_shades
 from .bag.source import BagSource
-from .bag.synth import DriveOptions, synth_bag
+from .bag.synth import DriveOptions, check_drive, synth_bag
 from .camera import output_topics
 from .image_codec import image_to_array, to_rgb8
 from .middleware import FASTDDS_BUILTIN_TRANSPORTS
@@ -87,6 +87,8 @@ class Processes:
 
 
 def run_demo(options: DemoOptions = DemoOptions()) -> int:
+    # Before the output folder is made: a drive refused leaves nothing behind.
+    check_drive(options.drive)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     drive = _drive(options)

@@ -19,6 +19,12 @@ from .state import read_model_weights
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], EfficientPSConfig]:
     """The model weights and config of an inference checkpoint or of a training checkpoint (.json, .safetensors)."""
     path = Path(path)
+    if path.suffix not in ("", ".json", ".safetensors") and not path.is_dir():
+        # A training checkpoint's files are found by swapping the suffix: the refusal
+        # would name text.json for text.png, a file the user never gave.
+        what = "not a checkpoint" if path.exists() else "not found, and not a checkpoint's name either"
+        raise CheckpointError(f"{path}: {what}; allowed: a .safetensors file, a training checkpoint's "
+                              f".json, its name without a suffix, or a run directory")
     if path.suffix == ".safetensors" and not path.with_suffix(".json").is_file():
         return load_checkpoint(path)
     weights, meta = read_model_weights(path)

@@ -803,6 +803,24 @@ def test_synth_compressed_writes_jpeg_on_the_compressed_topic(tmp_path, capsys):
     assert PILImage.open(io.BytesIO(bytes(message.data))).size == (96, 64)
 
 
+@pytest.mark.parametrize("args, complaint", [
+    (["--rate", "inf"], "--rate must be a finite number above 0 (got inf)"),
+    (["--seconds", "inf"], "--seconds must be a finite number above 0 (got inf)"),
+    (["--seconds", "nan"], "--seconds must be a finite number above 0 (got nan)"),
+    (["--rate", "0"], "--rate must be a finite number above 0 (got 0.0)"),
+    (["--seconds", "1e9", "--rate", "1e-9"], "--seconds 1e+09: allowed: at most 86400"),
+    (["--rate", "1e12", "--seconds", "1e-9"], "--rate 1e+12: allowed: at most 1000 frames per second"),
+    (["--seconds", "80000", "--rate", "100"],
+     "--seconds 80000 at --rate 100 make 8,000,000 frames; allowed: at most 100,000 per camera"),
+    (["--cameras", "0"], "--cameras must be at least 1 (got 0)"),
+])
+def test_synth_refuses_a_drive_out_of_range_naming_the_option_before_writing(args, complaint, tmp_path, capsys):
+    bag = tmp_path / "drive"
+    code, err = _run_cli(capsys, "synth", bag, "--size", "64x128", *args)
+    assert code == 2 and _one_line_error(err) == f"efficientps bag: {complaint}" and "Traceback" not in err
+    assert not bag.exists()
+
+
 def test_record_for_a_duration_closes_a_readable_bag(ros_processes, tmp_path):
     out = tmp_path / "quiet"
     result = ros_processes.run(module="efficientps_ros.cli", args=["bag", "record", str(out), "--topics", "/nothing",

@@ -1,7 +1,10 @@
 """`make demo` end to end, shortened: a drive bag played into the node, its outputs recorded and drawn."""
 import re
 
+import pytest
 from PIL import Image
+
+from efficientps_ros.cli import main
 
 TOPICS = ("semantic", "instance", "panoptic", "overlay", "detections")
 
@@ -32,3 +35,12 @@ def test_the_demo_plays_a_drive_into_the_node_and_draws_what_it_recorded(ros_pro
 
     again = ros_processes.run(module="efficientps_ros.cli", args=args, timeout=300)
     assert "reusing the synthetic drive" in again.stdout
+
+
+@pytest.mark.parametrize("option, value", [("--seconds", "inf"), ("--rate", "inf"), ("--seconds", "nan")])
+def test_the_demo_refuses_a_drive_that_never_ends_before_it_makes_anything(option, value, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--size", "64x128", option, value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"efficientps demo: {option} must be a finite number above 0 (got {value})\n"
+    assert not out.exists()

@@ -93,3 +93,30 @@ def test_weights_that_do_not_fit_their_own_config_are_refused_by_name(models, tm
     err = capsys.readouterr().err
     assert "0.safetensors: does not fit the model" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_checkpoint_is_read(tmp_path, capsys, monkeypatch):
+    import efficientps_ros.training.averaging as averaging
+
+    monkeypatch.setattr(averaging, "read_weights", lambda path: pytest.fail("a checkpoint was read"))
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    for out, message in ((folder, f"output checkpoint {folder}: {folder} is a directory; give the file to write"),
+                         ("/proc/x.safetensors", "the directory of the output checkpoint /proc/x.safetensors, /proc, "
+                                                 "takes no new files")):
+        assert main(["average", str(tmp_path / "a.safetensors"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert list(folder.iterdir()) == []
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_by_the_name_given(tmp_path, capsys):
+    text = tmp_path / "text.png"
+    text.write_text("not a checkpoint")
+    out = tmp_path / "x.safetensors"
+    for given, what in ((text, "not a checkpoint"), (tmp_path / "gone.png", "not found")):
+        assert main(["average", str(given), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"efficientps average: {given}: {what}") and ".json" not in err.split(";")[0]
+        assert "Traceback" not in err
+    assert not out.exists()

@@ -20,10 +20,17 @@ from std_msgs.msg import Header
 from ...data.synthetic import street_drive
 from ..image_codec import array_to_image, rgb8_to_compressed
 from .message_types import CAMERA_INFO, COMPRESSED_IMAGE, IMAGE
+from .play import check_number
 from .sink import BagSink
 
 # Bag time of the first frame: a fixed epoch, so that a drive is the same bag every time.
 FIRST_STAMP_NS = 1_700_000_000 * 10**9
+# A day of driving: the last stamp stays well inside the 32-bit seconds of a ROS time.
+MAX_SECONDS = 86_400.0
+# Frames a millisecond apart at the most; faster, the nanosecond stamps would bunch up.
+MAX_RATE = 1000.0
+# Frames per camera: about an hour at 30 Hz, gigabytes of raw images already.
+MAX_FRAMES = 100_000
 
 
 @dataclass(frozen=True)
@@ -62,13 +69,31 @@ def camera_info(header: Header, height: int, width: int) -> CameraInfo:
     )
 
 
-def synth_bag(out: str | Path, options: DriveOptions = DriveOptions()) -> int:
-    """Write the drive; returns the number of frames per camera."""
-    if not (options.seconds > 0 and options.rate > 0 and options.cameras >= 1):
-        raise ValueError(f"--seconds and --rate must be above 0 and --cameras at least 1 (got {options})")
+def check_drive(options: DriveOptions) -> int:
+    """The number of frames per camera of the drive; ValueError naming the option out of range.
+
+    Checked before anything is written: infinity would overflow the frame count.
+    """
+    check_number("--seconds", options.seconds, above=0)
+    check_number("--rate", options.rate, above=0)
+    if options.seconds > MAX_SECONDS:
+        raise ValueError(f"--seconds {options.seconds:g}: allowed: at most {MAX_SECONDS:g}")
+    if options.rate > MAX_RATE:
+        raise ValueError(f"--rate {options.rate:g}: allowed: at most {MAX_RATE:g} frames per second")
+    if options.cameras < 1:
+        raise ValueError(f"--cameras must be at least 1 (got {options.cameras})")
     if min(options.height, options.width) < 32:
         raise ValueError(f"--size must be at least 32x32 (got {options.height}x{options.width})")
     count = max(1, round(options.seconds * options.rate))
+    if count > MAX_FRAMES:
+        raise ValueError(f"--seconds {options.seconds:g} at --rate {options.rate:g} make {count:,} frames; "
+                         f"allowed: at most {MAX_FRAMES:,} per camera")
+    return count
+
+
+def synth_bag(out: str | Path, options: DriveOptions = DriveOptions()) -> int:
+    """Write the drive; returns the number of frames per camera."""
+    count = check_drive(options)
     period = round(1e9 / options.rate)
     with BagSink(out, options.storage) as sink:
         cameras = camera_names(options.cameras)
