@@ -512,15 +512,23 @@ def parse_document(text: str, where: str, kind: str, max_chars: int = MAX_CONFIG
     if len(text) > max_chars:
         raise ValueError(f"{where}: {len(text):,} characters; allowed: at most {max_chars:,}")
     try:
-        data = json.loads(text) if kind == "json" else yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506
+        data = json.loads(text) if kind == "json" else yaml.load(text, Loader=_NoAliasLoader)
     except _AliasRefused as exc:
         raise ValueError(f"{where}: a YAML alias (*{exc.anchor}); aliases are not allowed, write the value out") from None
     except RecursionError:
         raise ValueError(f"{where}: nested more than {MAX_NESTING} levels deep") from None
     except (ValueError, yaml.YAMLError) as exc:  # ValueError: also integers too long to convert
-        raise ValueError(f"{where}: not valid {kind.upper()} ({exc})") from None
+        raise ValueError(f"{where}: not valid {kind.upper()} ({_parse_error(exc)})") from None
     check_nesting(data, where)
     return data
+
+
+def _parse_error(exc: Exception) -> str:
+    """The parser's complaint in one line; PyYAML's spreads over several, with the text quoted."""
+    mark = getattr(exc, "problem_mark", None)
+    if getattr(exc, "problem", None) and mark is not None:
+        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 def check_nesting(data: Any, where: str) -> None:
