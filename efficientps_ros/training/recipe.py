@@ -129,9 +129,8 @@ class Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """A recipe from YAML; keys left out keep the defaults, unknown keys are refused."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"recipe {path}: no such file")
     where = f"recipe {path}"
+    # read_text_file tells a missing file from a folder or a device.
     data = parse_document(read_text_file(path, MAX_RECIPE_BYTES, where), where, "yaml")
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping at the top level")

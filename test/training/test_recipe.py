@@ -125,6 +125,13 @@ def test_a_malformed_recipe_file_is_refused_naming_the_file(tmp_path, content, m
     assert str(raised.value).startswith(f"recipe {path}: ")
 
 
+def test_a_recipe_path_that_is_no_file_is_named_for_what_it_is(tmp_path):
+    with pytest.raises(ValueError, match=rf"^recipe {tmp_path}: not a regular file$"):
+        load_recipe(tmp_path)
+    with pytest.raises(ValueError, match=rf"^recipe {tmp_path / 'none.yaml'}: does not exist$"):
+        load_recipe(tmp_path / "none.yaml")
+
+
 def test_a_run_validates_every_val_every_steps_and_at_its_last():
     assert validations(Recipe(steps=1000, val_every=200)) == 5
     assert validations(Recipe(steps=1001, val_every=200)) == 6
