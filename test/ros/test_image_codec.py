@@ -556,36 +556,6 @@ def test_a_marker_without_a_segment_before_the_first_scan_is_refused(decoded, ma
     assert decoded == []
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def _png_header(width: int, height: int, extra: bytes = b"") -> bytes:
-    return _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0) + extra)
-
-
-def _png_of_rows(width: int, height: int) -> bytes:
-    rows = zlib.compress(bytes(height * (1 + 3 * width)))
-    return _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b"")
-
-
-def test_a_png_with_a_second_header_chunk_is_refused(decoded):
-    # Pillow takes the size from the last IHDR: this one decodes as 256x256, past the limit.
-    data = b"\x89PNG\r\n\x1a\n" + _png_header(16, 16) + _png_header(256, 256) + _png_of_rows(256, 256)
-    with pytest.raises(ValueError, match=r"^corrupt png image \(format 'png'\): a second IHDR chunk at byte 33$"):
-        compressed_to_rgb8(CompressedImage(format="png", data=data), max_pixels=64 * 64)
-    assert decoded == []
-
-
-def test_a_png_header_chunk_of_another_length_is_refused(decoded):
-    data = b"\x89PNG\r\n\x1a\n" + _png_header(16, 16, extra=b"\x00") + _png_of_rows(16, 16)
-    with pytest.raises(ValueError, match=r"no PNG signature and header chunk of 13 bytes$"):
-        compressed_to_rgb8(CompressedImage(format="png", data=data))
-    assert decoded == []
-    well_formed = b"\x89PNG\r\n\x1a\n" + _png_header(16, 16) + _png_of_rows(16, 16)
-    assert compressed_to_rgb8(CompressedImage(format="png", data=well_formed)).shape == (16, 16, 3)
-
-
 # --- costs out of proportion to the data, caught before decoding -----------
 
 def _jpeg_bytes(pixels: np.ndarray, **options) -> bytes:
@@ -686,6 +656,26 @@ def _png(pixels: np.ndarray, idat_size: int = 1 << 20, extra: bytes = b"", colou
 def test_the_png_helper_makes_pngs():
     pixels = random_array("rgb8", 6, 5, seed=11)
     np.testing.assert_array_equal(compressed_to_rgb8(CompressedImage(format="png", data=_png(pixels))), pixels)
+
+
+def test_a_png_with_a_second_header_chunk_is_refused(decoded):
+    # Pillow takes the size from the last IHDR: this one decodes as 256x256, past the limit.
+    large = _png(np.zeros((256, 256, 3), np.uint8))
+    small_header = struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0)
+    data = large[:8] + _png_chunk(b"IHDR", small_header) + large[8:]
+    with pytest.raises(ValueError, match=r"^corrupt png image \(format 'png'\): a second IHDR chunk at byte 33$"):
+        compressed_to_rgb8(CompressedImage(format="png", data=data), max_pixels=64 * 64)
+    assert decoded == []
+
+
+def test_a_png_header_chunk_of_another_length_is_refused(decoded):
+    well_formed = _png(np.zeros((16, 16, 3), np.uint8))
+    # The 13 bytes of the header chunk's fields, and one more.
+    data = well_formed[:8] + _png_chunk(b"IHDR", well_formed[16:29] + b"\x00") + well_formed[33:]
+    with pytest.raises(ValueError, match=r"no PNG signature and header chunk of 13 bytes$"):
+        compressed_to_rgb8(CompressedImage(format="png", data=data))
+    assert decoded == []
+    assert compressed_to_rgb8(CompressedImage(format="png", data=well_formed)).shape == (16, 16, 3)
 
 
 def test_a_png_of_one_idat_per_row_is_accepted():
